@@ -1,0 +1,271 @@
+"""`moai annotate`: plan what is missing, run the experts, verbalize, commit exactly once.
+
+    corpus → plan (skip committed keys) → decode → detection → segmentation → sgg → ocr
+           → verbalize → commit (atomic, every `commit_every` images) → runs row + summary
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from annotators.base import EXPERT_NAMES
+from pipeline.corpus import resolve_corpus
+from pipeline.errors import UserError
+from pipeline.profiles import UPSTREAM, JobSpec, Profile, load_job, load_profile, plan_hashes
+from pipeline.stages import new_row
+from warehouse.rows import DECODE_KEY, ROW_BUILDERS, records_from_table_row, table_rows_for
+from warehouse.store import Warehouse
+
+DEFAULT_WAREHOUSE = Path("outputs") / "warehouse"
+
+
+@dataclass
+class Plan:
+    rows: list[dict]
+    listed: int
+    skipped: int  # images with nothing left to do
+    decode_done: set[int] = field(default_factory=set)  # images whose `images` row is committed
+
+
+def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
+    table = wh.query("SELECT image_id, expert, config_hash, status FROM done WHERE dataset = ?", [dataset])
+    cols = table.to_pydict()
+    return {(i, e, h): s for i, e, h, s in zip(cols["image_id"], cols["expert"], cols["config_hash"], cols["status"])}
+
+
+def _stored_records(wh: Warehouse, dataset: str, name: str, plan_hash: str, image_ids: set[int]) -> dict[int, list]:
+    """Committed records of one expert config, for images that need them as upstream input."""
+    if not image_ids:
+        return {}
+    table_name = ROW_BUILDERS[name][0]
+    order = "det_index" if name == "detection" else "line_index" if name == "ocr" else "rowid"
+    sql = f"SELECT * FROM {table_name} WHERE dataset = ? AND config_hash = ?"
+    rows = wh.query(sql, [dataset, plan_hash]).to_pylist()
+    out: dict[int, list] = {i: [] for i in image_ids}
+    for row in sorted(rows, key=lambda r: (r["image_id"], r.get(order, 0) or 0)):
+        if row["image_id"] in out:
+            out[row["image_id"]].append(records_from_table_row(name, row))
+    return out
+
+
+def aux_hash(verbalizer_hash: str, hashes: dict[str, str]) -> str:
+    from annotators.base import config_hash
+
+    return config_hash({"verbalizer": verbalizer_hash, "experts": hashes})
+
+
+def make_plan(corpus, profile: Profile, hashes: dict[str, str], wh: Warehouse, aux_key: str,
+              limit: int | None = None, splits: list[str] | None = None) -> Plan:
+    ledger = _ledger(wh, corpus.name)
+    rows, skipped, listed = [], 0, 0
+    decode_done: set[int] = set()
+    needs_stored: dict[str, set[int]] = {name: set() for name in EXPERT_NAMES}
+    for ref in corpus.images(splits):
+        if limit is not None and listed >= limit:
+            break
+        listed += 1
+        decode_status = ledger.get((ref.image_id, "decode", DECODE_KEY))
+        if decode_status == "error":
+            skipped += 1  # already recorded in `errors`; never both annotated and an error
+            continue
+        todo = [n for n in profile.experts if (ref.image_id, n, hashes[n]) not in ledger]
+        aux_missing = (ref.image_id, "aux", aux_key) not in ledger
+        if not todo and not aux_missing:
+            skipped += 1
+            continue
+        if decode_status == "ok":
+            decode_done.add(ref.image_id)
+        for name in profile.experts:
+            if name not in todo:
+                needs_stored[name].add(ref.image_id)
+        rows.append((ref, todo))
+    stored = {n: _stored_records(wh, corpus.name, n, hashes[n], ids) for n, ids in needs_stored.items()
+              if n in profile.experts}
+    built = []
+    for ref, todo in rows:
+        built.append(new_row(ref, todo, {n: stored[n][ref.image_id] for n in stored if ref.image_id in stored[n]}))
+    return Plan(built, listed, skipped, decode_done)
+
+
+class Progress:
+    """A live one-line progress report on stderr: images/s, ETA, per-expert counts, errors."""
+
+    def __init__(self, total: int, experts: list[str], stream=sys.stderr):
+        self.total, self.experts, self.stream = total, experts, stream
+        self.done = 0
+        self.counts: Counter = Counter()
+        self.start = time.perf_counter()
+        self.last = 0.0
+        self.tty = stream.isatty()
+
+    def update(self, row: dict) -> None:
+        self.done += 1
+        for name in self.experts:
+            if name in row["todo"].split(",") and not row["decode_reason"]:
+                self.counts[name if not row[f"{name}_error"] else "errors"] += 1
+        if row["decode_reason"]:
+            self.counts["errors"] += 1
+        now = time.perf_counter()
+        if now - self.last > (0.5 if self.tty else 5.0) or self.done == self.total:
+            self.last = now
+            self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
+            self.stream.flush()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        per = " ".join(f"{n}={self.counts[n]}" for n in self.experts)
+        return (f"[annotate] {self.done}/{self.total} images  {rate:.2f} img/s  ETA {eta:4.0f}s  "
+                f"{per}  errors={self.counts['errors']}")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _verbalize(row: dict, profile: Profile) -> dict:
+    from annotators.stages_verbalize import verbalize_row
+
+    return verbalize_row(row, profile.verbalize)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("moai-forge", "torch", "ultralytics", "onnxruntime", "segment-anything", "rapidocr",
+                "rapidocr-onnxruntime", "ray", "duckdb", "pyarrow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def annotate(args) -> int:
+    corpus = resolve_corpus(args.dataset, images=args.images)
+    job: JobSpec = load_job(corpus.name)
+    profile = load_profile(args.profile or job.profile)
+    allow_random = bool(args.allow_random_weights or job.allow_random_weights)
+    random_experts = profile.random_init_experts()
+    if random_experts and not allow_random:
+        raise UserError(
+            f"Profile '{profile.name}' runs {', '.join(random_experts)} with random-init weights, and dataset "
+            f"'{corpus.name}' must be annotated with pretrained weights. Use a profile with real weights "
+            "(PROFILE=...), or pass --allow-random-weights to accept random outputs (recorded in every row)."
+        )
+    if random_experts:
+        print(f"[annotate] NOTE: {', '.join(random_experts)} run with RANDOM-INIT weights (profile "
+              f"'{profile.name}'); their rows say weights_sha256='random-init'.", file=sys.stderr)
+    executor = getattr(args, "executor", None) or os.environ.get("MOAI_EXECUTOR", "ray")
+    return run_annotation(corpus, profile, job, Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
+                          limit=args.limit, executor=executor)
+
+
+def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, limit: int | None = None,
+                   executor: str = "ray", out=sys.stdout) -> int:
+    from annotators.stages_verbalize import verbalizer_hash
+    from pipeline.executors import StageSpec, init_ray, run_local, run_ray
+
+    started = datetime.now(timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    wh.recover()
+    hashes = plan_hashes(profile)
+    vhash = verbalizer_hash(profile.verbalize)
+    aux_key = aux_hash(vhash, hashes)
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits)
+    print(f"[annotate] dataset={corpus.name} profile={profile.name} run={run_id}: {plan.listed} images listed, "
+          f"{plan.skipped} already done, {len(plan.rows)} to process", file=sys.stderr)
+    for row in plan.rows:
+        row["run_id"] = run_id
+    needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
+    specs = [StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1),
+                       0.25, job.gpus.get(n, 0.0)) for n in needed]
+
+    counts: Counter = Counter()
+    seconds: Counter = Counter()
+    random_by_expert: dict[str, bool] = {}
+    start = time.perf_counter()
+    if plan.rows:
+        if executor == "ray":
+            print(f"[annotate] executor: {init_ray()}", file=sys.stderr)
+            stream = run_ray(plan.rows, specs, job.batch_size)
+        elif executor == "local":
+            stream = run_local(plan.rows, specs, job.batch_size)
+        else:
+            raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
+        progress = Progress(len(plan.rows), list(profile.experts))
+        pending: dict[str, list[dict]] = {}
+        n_pending = 0
+        for row in stream:
+            tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
+            if not row["decode_reason"]:
+                tables.setdefault("aux_text", []).append(
+                    {**_verbalize(row, profile), "dataset": row["dataset"], "image_id": row["image_id"],
+                     "run_id": run_id, "verbalizer_hash": vhash, "config_hash": aux_key,
+                     "random_init": any(json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256")
+                                        == "random-init" for n in EXPERT_NAMES) or
+                     any(profile.experts[n].get("weights") == "random-init" for n in profile.experts)})
+                tables["done"].append({"dataset": row["dataset"], "image_id": row["image_id"], "expert": "aux",
+                                       "config_hash": aux_key, "status": "ok", "n_records": 1, "seconds": 0.0,
+                                       "run_id": run_id})
+            for name in profile.experts:
+                if name in row["todo"].split(",") and not row["decode_reason"]:
+                    counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
+                    seconds[name] += row[f"{name}_seconds"]
+                    ident = json.loads(row[f"{name}_identity"] or "{}")
+                    if ident:
+                        random_by_expert[name] = ident.get("weights_sha256") == "random-init"
+            for table, rows in tables.items():
+                pending.setdefault(table, []).extend(rows)
+                if table != "done":
+                    counts[f"rows_{table}"] += len(rows)
+            counts["decode_errors"] += bool(row["decode_reason"])
+            n_pending += 1
+            progress.update(row)
+            if n_pending >= job.commit_every:
+                wh.commit(pending)
+                pending, n_pending = {}, 0
+        progress.close()
+        if pending:
+            wh.commit(pending)
+    elapsed = time.perf_counter() - start
+    n_errors = counts["decode_errors"] + sum(counts[f"{n}_errors"] for n in EXPERT_NAMES)
+    rate = len(plan.rows) / elapsed if elapsed > 0 and plan.rows else 0.0
+    wh.commit({"runs": [{
+        "run_id": run_id, "dataset": corpus.name, "profile": profile.name, "started_at": started,
+        "finished_at": datetime.now(timezone.utc), "images_listed": plan.listed,
+        "images_processed": len(plan.rows), "errors": n_errors, "images_per_s": rate,
+        "counts_json": json.dumps({**counts, **{f"{k}_model_seconds": round(v, 3) for k, v in seconds.items()}}),
+        "config_json": json.dumps({"profile": profile.experts, "verbalize": profile.verbalize,
+                                   "plan_hashes": hashes, "executor": executor, "job": job.__dict__}),
+        "versions_json": json.dumps(_versions()),
+        "random_init_experts": ",".join(sorted(n for n, r in random_by_expert.items() if r)),
+    }]})
+    wh.compact()
+    print_summary(out, corpus.name, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile)
+    return 0
+
+
+def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile) -> None:
+    lines = [f"\nannotate {dataset}  run {run_id}",
+             f"  images: {plan.listed} listed, {plan.skipped} already done, {len(plan.rows)} processed "
+             f"in {elapsed:.1f}s ({len(plan.rows) / elapsed if elapsed and plan.rows else 0:.2f} img/s), "
+             f"{n_errors} errors",
+             f"  {'expert':<13}{'images':>8}{'errors':>8}{'ms/img':>9}  rows"]
+    for name in profile.experts:
+        table = ROW_BUILDERS[name][0]
+        n = counts[f"{name}_images"]
+        ms = 1000 * seconds[name] / max(n + counts[f"{name}_errors"], 1)
+        lines.append(f"  {name:<13}{n:>8}{counts[f'{name}_errors']:>8}{ms:>9.0f}  {counts[f'rows_{table}']} {table}")
+    lines.append(f"  warehouse: {wh.root}  (query it: make sql, or moai sql \"SELECT ...\")")
+    print("\n".join(lines), file=out)

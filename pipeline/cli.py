@@ -1,0 +1,78 @@
+"""The `moai` command line. Heavy imports (torch, ray, lightning) happen inside the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.errors import UserError
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from pipeline.corpus import resolve_corpus
+
+    corpus = resolve_corpus(args.dataset, images=args.images)
+    n = 0
+    for split in corpus.splits:
+        count = sum(1 for _ in corpus.images([split]))
+        n += count
+        print(f"{corpus.name}\t{split}\t{count} images\t{corpus.image_dir(split)}")
+    return 0 if n else 1
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from pipeline.annotate import annotate
+
+    return annotate(args)
+
+
+def _not_built(issue: int):
+    def run(args: argparse.Namespace) -> int:
+        raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moai", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="resolve a dataset (building `sample` if needed) and list its splits")
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--images", help="register this folder of images under the dataset name")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("annotate", help="run the expert models over a corpus into the warehouse")
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--images", help="register this folder of images under the dataset name first")
+    p.add_argument("--profile", default=None, help="expert profile (configs/profiles/<name>.yaml)")
+    p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
+    p.add_argument("--limit", type=int, default=None, help="annotate at most this many images")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="let experts without pretrained weights run with random init (recorded per row)")
+    p.add_argument("--executor", choices=["ray", "local"], default=None,
+                   help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)")
+    p.set_defaults(func=_cmd_annotate)
+
+    for name, issue in (("sql", 4), ("export", 4), ("verbalize", 4), ("viz", 3),
+                        ("train", 5), ("generate", 5), ("eval", 6)):
+        p = sub.add_parser(name, help=f"(issue #{issue})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_not_built(issue))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"moai {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"moai {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Builders for the corpora moai-forge knows by name (sample, registered folders)."""

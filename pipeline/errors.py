@@ -1,0 +1,15 @@
+"""User-facing errors: the CLI prints them as one paragraph, with no traceback, and exits non-zero."""
+
+
+class UserError(Exception):
+    """Something the person running the command can fix (bad name, missing data, missing weights)."""
+
+    exit_code = 2
+
+
+class DatasetError(UserError):
+    """A dataset name is invalid or its files are not where they should be."""
+
+
+class WeightsError(UserError):
+    """A weight file is missing or does not match its checksum."""

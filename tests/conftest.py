@@ -1,0 +1,37 @@
+"""Shared fixtures: the sample corpus is built once per test session into a temporary data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MODELS = Path(os.environ.get("MOAI_SHARED_MODELS", REPO.parent / "shared" / "models"))
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory):
+    from pipeline.corpora.sample import build_sample
+
+    return build_sample(tmp_path_factory.mktemp("data") / "sample")
+
+
+@pytest.fixture(scope="session")
+def sample_image(sample_corpus):
+    """Path of one sample image by stem, e.g. sample_image("astronaut")."""
+
+    def find(stem: str) -> Path:
+        path = sample_corpus.image_dir("val2017") / f"{stem}.jpg"
+        assert path.is_file(), path
+        return path
+
+    return find
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    if not (SHARED_MODELS / "centernet.onnx").is_file():
+        pytest.skip(f"real ONNX test models not found in {SHARED_MODELS}")
+    return SHARED_MODELS
