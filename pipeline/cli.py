@@ -26,6 +26,21 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     return annotate(args)
 
 
+def _cmd_sql(args: argparse.Namespace) -> int:
+    from warehouse.sql import run_query, shell
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(args.warehouse or "outputs/warehouse")
+    if args.shell or not args.query:
+        return shell(wh)
+    import duckdb
+
+    try:
+        return run_query(wh, args.query, args.format)
+    except duckdb.Error as err:
+        raise UserError(f"query failed: {err}") from None
+
+
 def _not_built(issue: int):
     def run(args: argparse.Namespace) -> int:
         raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
@@ -54,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)")
     p.set_defaults(func=_cmd_annotate)
 
-    for name, issue in (("sql", 4), ("export", 4), ("verbalize", 4), ("viz", 3),
+    p = sub.add_parser("sql", help="query the warehouse: one statement, or an interactive read-only session")
+    p.add_argument("query", nargs="?", help="SQL to run (omit for an interactive session)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.add_argument("--shell", action="store_true", help="interactive read-only session")
+    p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
+    p.set_defaults(func=_cmd_sql)
+
+    for name, issue in (("export", 4), ("verbalize", 4), ("viz", 3),
                         ("train", 5), ("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,59 @@
+"""The `moai` command: clean, one-paragraph failures for the mistakes a newcomer makes first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def moai(*args, env=None, cwd=None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=120)
+
+
+def _assert_clean_failure(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    message = result.stderr.strip()
+    assert message and "\n\n" not in message and len(message.splitlines()) <= 2
+
+
+def test_coco_without_data_fails_cleanly(tmp_path):
+    result = moai("annotate", "--dataset", "coco", env={"COCO_ROOT": str(tmp_path / "nowhere")})
+    _assert_clean_failure(result)
+    assert "COCO 2017 was not found" in result.stderr and "Nothing is downloaded" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc/passwd", "a/../../b"])
+def test_path_like_dataset_names_are_refused(name, tmp_path):
+    result = moai("annotate", "--dataset", name, env={"MOAI_DATA": str(tmp_path)})
+    _assert_clean_failure(result)
+    assert "Refusing dataset name" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_make_annotate_refuses_bad_names_too(tmp_path):
+    result = subprocess.run(["make", "-s", "annotate", "DATASET=../../etc"], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "MOAI_DATA": str(tmp_path)}, timeout=300)
+    assert result.returncode != 0
+    assert "Refusing dataset name" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_datasets_lists_the_sample_corpus(tmp_path):
+    result = moai("datasets", "--dataset", "sample", env={"MOAI_DATA": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    name, split, count, folder = result.stdout.strip().split("\t")
+    assert (name, split) == ("sample", "val2017") and count.startswith("13 ")
+    assert (tmp_path / "sample" / "annotations" / "instances_val2017.json").is_file()
+
+
+def test_unbuilt_subcommands_say_so():
+    result = moai("eval")
+    _assert_clean_failure(result)
+    assert "issue #6" in result.stderr
