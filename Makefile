@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	# torch/torchvision come from the registry's standard builds (pinned in pyproject + lock);
 	# never the local CPU-only torch 2.13 wheel, whose torchvision partner cannot load its ops.
-	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[dev]"
+	set -o pipefail; $(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[dev]" 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/python -c "import torch, torchvision.ops, ultralytics, ray, duckdb, onnxruntime, rapidocr_onnxruntime, segment_anything, lightning, transformers, pycocotools"
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -41,6 +41,16 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         raise UserError(f"query failed: {err}") from None
 
 
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from warehouse.viz import viz
+
+    out = viz(args.dataset, args.image, Path(args.out) if args.out else None, args.warehouse or "outputs/warehouse")
+    print(out)
+    return 0
+
+
 def _not_built(issue: int):
     def run(args: argparse.Namespace) -> int:
         raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
@@ -76,7 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
     p.set_defaults(func=_cmd_sql)
 
-    for name, issue in (("export", 4), ("verbalize", 4), ("viz", 3),
+    p = sub.add_parser("viz", help="draw one image's stored records to a PNG")
+    p.add_argument("image", help="file name, stem or image id")
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--out", default=None, help="PNG path (default outputs/viz/<dataset>/<stem>.png)")
+    p.add_argument("--warehouse", default=None)
+    p.set_defaults(func=_cmd_viz)
+
+    for name, issue in (("export", 4), ("verbalize", 4),
                         ("train", 5), ("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)

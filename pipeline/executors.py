@@ -57,6 +57,9 @@ def init_ray(num_cpus: int | None = None) -> str:
     """Connect to RAY_ADDRESS when set, else start a local runtime. Returns a description."""
     import ray
 
+    import logging
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
     if ray.is_initialized():
         return "ray (already initialised)"
     address = os.environ.get("RAY_ADDRESS")
@@ -78,8 +81,8 @@ def run_ray(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> It
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
     table = pa.Table.from_pylist(rows)
-    blocks = max(1, min(len(rows) // max(batch_size, 1), 256))
-    ds = ray.data.from_arrow(table).repartition(blocks)
+    step = max(batch_size, -(-len(rows) // 256))  # at most 256 input blocks of >= one batch each
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
     ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
     for spec in specs:
         ds = ds.map_batches(
