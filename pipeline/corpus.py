@@ -23,7 +23,7 @@ from pipeline.errors import DatasetError
 
 DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-GENERATED = ("sample",)  # built on first use from files that ship inside installed packages
+GENERATED = ("sample", "signs")  # built on first use from files that ship inside installed packages
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,16 @@ def resolve_corpus(name: str, images: str | Path | None = None, root: Path | Non
         from pipeline.corpora.sample import build_sample
 
         return build_sample(root / "sample")
+    if name == "signs":
+        from pipeline.corpora.signs import build_signs
+
+        return build_signs(root / "signs")
     corpus = Corpus(name, root / name)
     if corpus.root.is_dir() and corpus.splits:
         return corpus
     raise DatasetError(
         f"No dataset named '{name}': {corpus.root.resolve()} holds no COCO-style corpus "
-        "(annotations/instances_<split>.json plus its images). Built-in datasets: sample, coco. "
+        "(annotations/instances_<split>.json plus its images). Built-in datasets: sample, signs, coco. "
         f"To use a folder of your own images run: make annotate DATASET={name} IMAGES=/path/to/folder"
     )
 
