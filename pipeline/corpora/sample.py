@@ -48,7 +48,8 @@ def _package_file(package: str, relative: str) -> Path:
 def build_sample(root: Path) -> Corpus:
     corpus = Corpus("sample", root)
     listing = corpus.annotations_file(SPLIT)
-    if listing.is_file() and all((root / "images" / SPLIT / f"{stem}.jpg").is_file() for stem, *_ in SOURCES):
+    qa_file = root / "annotations" / f"qa_{SPLIT}.json"
+    if listing.is_file() and qa_file.is_file() and all((root / "images" / SPLIT / f"{stem}.jpg").is_file() for stem, *_ in SOURCES):
         return corpus
 
     from PIL import Image
@@ -80,4 +81,15 @@ def build_sample(root: Path) -> Corpus:
     tmp = listing.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document, indent=1), encoding="utf-8")
     os.replace(tmp, listing)
+    _write_qa(qa_file, {image["file_name"]: image["id"] for image in images})
     return corpus
+
+
+def _write_qa(path: Path, ids: dict[str, int]) -> None:
+    """A few questions per image, written by a person looking at the photos (not generated)."""
+    source = json.loads((Path(__file__).with_name("sample_qa.json")).read_text(encoding="utf-8"))
+    qa = [{"image_id": ids[q["file_name"]], "type": q["type"], "question": q["question"], "answer": q["answer"]}
+          for q in source]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(qa, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
