@@ -57,6 +57,12 @@ TABLES: dict[str, pa.Schema] = {
         ("stage", pa.string()), ("reason", pa.string()), ("message", pa.string()),
         ("config_hash", pa.string()), ("run_id", pa.string()),
     ]),
+    # Instruction / QA pairs for training and evaluation (imported from QA files, LLaVA JSON, COCO captions).
+    "instructions": pa.schema([
+        ("dataset", pa.string()), ("split", pa.string()), ("image_id", pa.int64()), ("source", pa.string()),
+        ("sample_id", pa.string()), ("turn", pa.int32()), ("type", pa.string()),
+        ("question", pa.string()), ("answer", pa.string()),
+    ]),
     # The exactly-once ledger: one row per (dataset, image_id, expert, config_hash) ever committed.
     "done": pa.schema([
         ("dataset", pa.string()), ("image_id", pa.int64()), ("expert", pa.string()),
