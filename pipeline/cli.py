@@ -51,6 +51,17 @@ def _cmd_viz(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from warehouse.export import export_coco
+    from warehouse.store import Warehouse
+
+    counts = export_coco(Warehouse(args.warehouse or "outputs/warehouse"), args.dataset, Path(args.out))
+    print(" ".join(f"{k}={v}" for k, v in counts.items()), f"-> {args.out}")
+    return 0
+
+
 def _not_built(issue: int):
     def run(args: argparse.Namespace) -> int:
         raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
@@ -93,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse", default=None)
     p.set_defaults(func=_cmd_viz)
 
-    for name, issue in (("export", 4), ("verbalize", 4),
+    p = sub.add_parser("export", help="write the warehouse as COCO files (instances, detections, panoptic)")
+    p.add_argument("format", choices=["coco"])
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--out", required=True)
+    p.add_argument("--warehouse", default=None)
+    p.set_defaults(func=_cmd_export)
+
+    for name, issue in (("verbalize", 4),
                         ("train", 5), ("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)
