@@ -36,7 +36,10 @@ test: setup
 annotate: setup
 	$(BIN)/moai annotate --dataset "$(DATASET)" $(if $(IMAGES),--images "$(IMAGES)") $(if $(PROFILE),--profile "$(PROFILE)")
 
+TRAIN_DATASET ?= sample
+
 train: setup
+	$(BIN)/moai annotate --dataset "$(TRAIN_DATASET)"
 	$(BIN)/moai train --config "$(CONFIG)"
 
 eval: setup

@@ -133,7 +133,7 @@ class Progress:
 
 
 def _verbalize(row: dict, profile: Profile) -> dict:
-    from annotators.stages_verbalize import verbalize_row
+    from pipeline.verbalize_step import verbalize_row
 
     return verbalize_row(row, profile.verbalize)
 
@@ -167,13 +167,15 @@ def annotate(args) -> int:
         print(f"[annotate] NOTE: {', '.join(random_experts)} run with RANDOM-INIT weights (profile "
               f"'{profile.name}'); their rows say weights_sha256='random-init'.", file=sys.stderr)
     executor = getattr(args, "executor", None) or os.environ.get("MOAI_EXECUTOR", "ray")
+    if getattr(args, "commit_every", None):
+        job.commit_every = args.commit_every
     return run_annotation(corpus, profile, job, Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
                           limit=args.limit, executor=executor)
 
 
 def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, limit: int | None = None,
                    executor: str = "ray", out=sys.stdout) -> int:
-    from annotators.stages_verbalize import verbalizer_hash
+    from pipeline.verbalize_step import verbalizer_hash
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
 
     started = datetime.now(timezone.utc)

@@ -46,7 +46,8 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
     from warehouse.viz import viz
 
-    out = viz(args.dataset, args.image, Path(args.out) if args.out else None, args.warehouse or "outputs/warehouse")
+    out = viz(args.dataset, args.image, Path(args.out) if args.out else None, args.warehouse or "outputs/warehouse",
+              min_score=args.min_score)
     print(out)
     return 0
 
@@ -59,6 +60,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     counts = export_coco(Warehouse(args.warehouse or "outputs/warehouse"), args.dataset, Path(args.out))
     print(" ".join(f"{k}={v}" for k, v in counts.items()), f"-> {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainer.train import train
+
+    run_dir = train(args.config, resume=args.resume)
+    print(f"run folder: {run_dir}")
     return 0
 
 
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="annotate at most this many images")
     p.add_argument("--allow-random-weights", action="store_true",
                    help="let experts without pretrained weights run with random init (recorded per row)")
+    p.add_argument("--commit-every", type=int, default=None, help="images per warehouse commit (job default)")
     p.add_argument("--executor", choices=["ray", "local"], default=None,
                    help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)")
     p.set_defaults(func=_cmd_annotate)
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", help="file name, stem or image id")
     p.add_argument("--dataset", default="sample")
     p.add_argument("--out", default=None, help="PNG path (default outputs/viz/<dataset>/<stem>.png)")
+    p.add_argument("--min-score", type=float, default=0.3, help="hide detections scoring below this")
     p.add_argument("--warehouse", default=None)
     p.set_defaults(func=_cmd_viz)
 
@@ -111,8 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse", default=None)
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser("train", help="train the MoAI Compressor and Mixer on the warehouse")
+    p.add_argument("--config", default="configs/train-tiny.yaml")
+    p.add_argument("--resume", default=None, help="a checkpoint to resume from (exact mid-epoch)")
+    p.set_defaults(func=_cmd_train)
+
     for name, issue in (("verbalize", 4),
-                        ("train", 5), ("generate", 5), ("eval", 6)):
+                        ("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_not_built(issue))

@@ -27,8 +27,12 @@ def sample(prompt_len: int, answer_len: int, aux_len: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     prompt = [BOS, IMG] + torch.randint(0, 256, (prompt_len,), generator=g).tolist()
     answer = torch.randint(0, 256, (answer_len,), generator=g).tolist() + [EOS]
-    return {"prompt": prompt, "answer": answer, "aux": torch.randint(0, 256, (aux_len,), generator=g).tolist(),
-            "pixel_values": torch.randn(3, 64, 64, generator=g)}
+    return {
+        "prompt": prompt,
+        "answer": answer,
+        "aux": torch.randint(0, 256, (aux_len,), generator=g).tolist(),
+        "pixel_values": torch.randn(3, 64, 64, generator=g),
+    }
 
 
 def collate(items: list[dict], left: bool = False, extra_aux_pad: int = 0) -> dict:
@@ -36,10 +40,16 @@ def collate(items: list[dict], left: bool = False, extra_aux_pad: int = 0) -> di
     T = max(len(i["prompt"]) + len(i["answer"]) for i in items)
     A = max(len(i["aux"]) for i in items) + extra_aux_pad
     B = len(items)
-    batch = {"input_ids": torch.full((B, T), PAD), "attention_mask": torch.zeros(B, T, dtype=torch.long),
-             "labels": torch.full((B, T), IGNORE), "aux_input_ids": torch.randint(0, 256, (B, A)),
-             "aux_attention_mask": torch.zeros(B, A, dtype=torch.long),
-             "pixel_values": torch.stack([i["pixel_values"] for i in items])}
+    batch = {
+        "input_ids": torch.full((B, T), PAD),
+        "attention_mask": torch.zeros(B, T, dtype=torch.long),
+        "labels": torch.full((B, T), IGNORE),
+        "aux_input_ids": torch.randint(
+            0, 256, (B, A), generator=torch.Generator().manual_seed(A)
+        ),  # pads: junk
+        "aux_attention_mask": torch.zeros(B, A, dtype=torch.long),
+        "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+    }
     for b, item in enumerate(items):
         seq = item["prompt"] + item["answer"]
         at = slice(T - len(seq), T) if left else slice(0, len(seq))
@@ -64,7 +74,9 @@ def test_only_intended_parameters_receive_gradients(train_projector):
     print("\n" + m.parameter_table())
     m.forward_batch(collate(items3())).loss.backward()
     for name, p in m.named_parameters():
-        intended = name.startswith(("compressor.", "mixers.")) or (train_projector and name.startswith("projector."))
+        intended = name.startswith(("compressor.", "mixers.")) or (
+            train_projector and name.startswith("projector.")
+        )
         assert p.requires_grad == intended, name
         if intended:
             assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
@@ -77,9 +89,9 @@ def test_only_intended_parameters_receive_gradients(train_projector):
 
 def test_freeze_experts_leaves_gates_and_compressor_trainable():
     m = tiny(freeze_experts=True)
-    trainable = {n.split(".")[0] if n.startswith("compressor") else n.split(".")[2]
-                 for n, p in m.named_parameters() if p.requires_grad}
-    assert trainable == {"compressor", "gate_img", "gate_lang"}
+    names = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert all(n.startswith("compressor.") or ".gate_" in n for n in names)
+    assert any(".gate_img." in n for n in names) and any(".gate_lang." in n for n in names)
 
 
 # 2 ------------------------------------------------------------------------------------------------
@@ -97,12 +109,12 @@ def test_answer_tokens_never_reach_earlier_logits(mode):
         for t in range(start, start + len(item["answer"]) - 1):
             changed = {k: v.clone() for k, v in batch.items()}
             end = start + len(item["answer"])
-            new = torch.randint(0, 256, (end - t - 1,))
-            changed["input_ids"][b, t + 1: end] = new  # every answer token after t
-            changed["labels"][b, t + 1: end] = new
+            new = torch.randint(0, 256, (end - t - 1,), generator=torch.Generator().manual_seed(t))
+            changed["input_ids"][b, t + 1 : end] = new  # every answer token after t
+            changed["labels"][b, t + 1 : end] = new
             logits = m.forward_batch(changed, step=3).logits
             upto = t + P  # merged position of input position t (one placeholder became P image tokens)
-            torch.testing.assert_close(logits[:, : upto], base[:, : upto], rtol=0, atol=1e-5)
+            torch.testing.assert_close(logits[:, :upto], base[:, :upto], rtol=0, atol=1e-5)
             assert not torch.allclose(logits[b, upto], base[b, upto]), "the change must be visible later"
 
 
@@ -139,15 +151,20 @@ def test_padded_batch_matches_samples_alone(model, left):
 
 def test_mixer_disabled_gives_the_frozen_llm_logits(model):
     batch = collate(items3())
-    seq = model.embed_inputs(batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"])
-    reference = model.llm(inputs_embeds=seq.embeds, attention_mask=seq.attention_mask,
-                          position_ids=seq.position_ids).logits
+    seq = model.embed_inputs(
+        batch["input_ids"], batch["attention_mask"], batch["labels"], batch["pixel_values"]
+    )
+    reference = model.llm(
+        inputs_embeds=seq.embeds, attention_mask=seq.attention_mask, position_ids=seq.position_ids
+    ).logits
     plain = model.forward_batch(batch, use_mixer=False)
     assert torch.equal(plain.logits, reference)
     assert plain.gate_stats is None
     one = collate(items3()[:1])  # unpadded: the LLM's own default positions
     seq = model.embed_inputs(one["input_ids"], pixel_values=one["pixel_values"])
-    assert torch.equal(model.forward_batch(one, use_mixer=False).logits, model.llm(inputs_embeds=seq.embeds).logits)
+    assert torch.equal(
+        model.forward_batch(one, use_mixer=False).logits, model.llm(inputs_embeds=seq.embeds).logits
+    )
     assert not torch.allclose(model.forward_batch(batch).logits, reference), "the mixer must change something"
 
 
@@ -162,8 +179,9 @@ def test_padded_aux_tokens_change_nothing(model):
     b = model.compress_aux(3, padded["aux_input_ids"], padded["aux_attention_mask"])
     assert a.shape == (3, model.config.num_queries, model.llm.config.hidden_size)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    torch.testing.assert_close(model.forward_batch(batch).logits, model.forward_batch(padded).logits,
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        model.forward_batch(batch).logits, model.forward_batch(padded).logits, rtol=0, atol=1e-5
+    )
     unmasked = model.compress_aux(3, padded["aux_input_ids"], torch.ones_like(padded["aux_attention_mask"]))
     assert not torch.allclose(a, unmasked), "without the mask the padding would leak in"
 
@@ -172,7 +190,7 @@ def test_aux_removed_ablation_is_the_same_model_without_aux():
     with_aux, without = tiny(), tiny(use_aux=False)
     assert with_aux.parameter_counts() == without.parameter_counts()
     batch = collate(items3())
-    other = dict(batch, aux_input_ids=torch.randint(0, 256, batch["aux_input_ids"].shape))
+    other = dict(batch, aux_input_ids=(batch["aux_input_ids"] + 1) % 256)
     assert torch.equal(without.forward_batch(batch).logits, without.forward_batch(other).logits)
     assert not torch.allclose(with_aux.forward_batch(batch).logits, with_aux.forward_batch(other).logits)
 
@@ -180,8 +198,15 @@ def test_aux_removed_ablation_is_the_same_model_without_aux():
 # 6 ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("llm,vision", [("tiny-llama", "tiny-clip"), ("tiny-qwen2", "tiny-siglip"),
-                                        ("tiny-qwen2", "tiny-clip"), ("tiny-llama", "tiny-siglip")])
+@pytest.mark.parametrize(
+    "llm,vision",
+    [
+        ("tiny-llama", "tiny-clip"),
+        ("tiny-qwen2", "tiny-siglip"),
+        ("tiny-qwen2", "tiny-clip"),
+        ("tiny-llama", "tiny-siglip"),
+    ],
+)
 def test_llama_qwen2_clip_siglip(llm, vision):
     m = tiny(llm=llm, vision=vision)
     assert type(m.llm).__name__.lower().startswith(llm.removeprefix("tiny-"))
@@ -194,6 +219,18 @@ def test_llama_qwen2_clip_siglip(llm, vision):
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in m.mixers.parameters())
 
 
+def test_text_only_batches_skip_the_image_side(model):
+    batch = collate(items3())
+    text = dict(
+        batch, input_ids=batch["input_ids"].masked_fill(batch["input_ids"] == IMG, 65), pixel_values=None
+    )
+    out = model.forward_batch(text)
+    assert out.inputs.image_index.shape == (3, 0) and torch.isfinite(out.logits).all()
+    assert (out.gate_stats[:, 0] == 0).all()  # no image token to gate
+    torch.testing.assert_close(out.gate_stats[:, 1].sum(-1), torch.ones(2))
+    assert len(model.generate(text["input_ids"][:, :5], max_new_tokens=2)[0]) == 2
+
+
 def test_precomputed_features_and_expanded_placeholders_match_pixels(model):
     batch = collate(items3())
     base = model.forward_batch(batch).logits
@@ -203,11 +240,23 @@ def test_precomputed_features_and_expanded_placeholders_match_pixels(model):
     torch.testing.assert_close(model.forward_batch(cached).logits, base, rtol=0, atol=1e-6)
     P = model.num_image_tokens  # the HF style: P placeholders already in input_ids
     expand = lambda x, fill: torch.cat([x[:, :1], torch.full((3, P), fill), x[:, 2:]], 1)  # noqa: E731
-    expanded = dict(batch, input_ids=expand(batch["input_ids"], IMG),
-                    attention_mask=expand(batch["attention_mask"], 1), labels=expand(batch["labels"], IGNORE))
+    expanded = dict(
+        batch,
+        input_ids=expand(batch["input_ids"], IMG),
+        attention_mask=expand(batch["attention_mask"], 1),
+        labels=expand(batch["labels"], IGNORE),
+    )
     torch.testing.assert_close(model.forward_batch(expanded).logits, base, rtol=0, atol=1e-6)
+    marked = dict(
+        expanded,
+        image_mask=expanded["input_ids"] == IMG,
+        input_ids=expanded["input_ids"].masked_fill(expanded["input_ids"] == IMG, 0),
+    )
+    torch.testing.assert_close(model.forward_batch(marked).logits, base, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="placeholder"):
-        model.forward_batch(dict(batch, input_ids=batch["input_ids"].masked_fill(batch["input_ids"] == IMG, 5)))
+        model.forward_batch(
+            dict(batch, input_ids=batch["input_ids"].masked_fill(batch["input_ids"] == IMG, 5))
+        )
 
 
 # 7 ------------------------------------------------------------------------------------------------
@@ -234,7 +283,9 @@ def test_loss_without_full_logits_is_the_same(model):
     assert lean.logits is None
     torch.testing.assert_close(lean.loss, full.loss)
     logits, labels = full.logits[:, :-1], full.inputs.labels[:, 1:]
-    torch.testing.assert_close(full.loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten()))
+    torch.testing.assert_close(
+        full.loss, torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    )
 
 
 # 8 ------------------------------------------------------------------------------------------------
@@ -249,7 +300,9 @@ def test_step1_rolls_one_expert_per_side_reproducibly():
     stats = first.gate_stats
     assert stats.shape == (len(m.mixer_layers), 2, 3) == (2, len(EXPERT_NAMES), len(EXPERT_NAMES[0]))
     assert ((stats == 0) | (stats == 1)).all() and (stats.sum(-1) == 1).all()  # one expert, for every token
-    picks = {tuple(m.forward_batch(batch, step=s).gate_stats.argmax(-1).flatten().tolist()) for s in range(12)}
+    picks = {
+        tuple(m.forward_batch(batch, step=s).gate_stats.argmax(-1).flatten().tolist()) for s in range(12)
+    }
     assert len(picks) > 1, "different steps should roll different experts"
     # without a step number, the generator seeded by config.seed decides: two models roll alike
     a, b = tiny(mode="step1"), tiny(mode="step1")
@@ -259,9 +312,12 @@ def test_step1_rolls_one_expert_per_side_reproducibly():
     m.zero_grad()
     out = m.forward_batch(batch, step=7)
     out.loss.backward()
-    for layer, per_side in zip(m.mixer_layers, out.gate_stats.argmax(-1).tolist()):
+    for layer, per_side in zip(m.mixer_layers, out.gate_stats.argmax(-1).tolist(), strict=True):
         mixer = m.mixers[str(layer)]
-        experts = [[mixer.img_aux, mixer.img_lang, mixer.img_self], [mixer.lang_aux, mixer.lang_img, mixer.lang_self]]
+        experts = [
+            [mixer.img_aux, mixer.img_lang, mixer.img_self],
+            [mixer.lang_aux, mixer.lang_img, mixer.lang_self],
+        ]
         for side, pick in enumerate(per_side):
             for k, expert in enumerate(experts[side]):
                 assert all((p.grad is not None) == (k == pick) for p in expert.parameters())
@@ -276,7 +332,9 @@ def test_gate_stats_and_optional_balance_loss():
     torch.testing.assert_close(dense.gate_stats.sum(-1), torch.ones(2, 2))
     assert (dense.gate_stats > 0).all()  # dense softmax: every expert gets some weight
     routed = tiny(gate_top_k=1, balance_loss_coef=0.1).forward_batch(batch)
-    assert routed.balance_loss is not None and routed.balance_loss >= 1 - 1e-5  # Switch loss: minimum 1 when balanced
+    assert (
+        routed.balance_loss is not None and routed.balance_loss >= 1 - 1e-5
+    )  # Switch loss: minimum 1 when balanced
     torch.testing.assert_close(routed.loss, routed.lm_loss + 0.1 * routed.balance_loss)
     torch.testing.assert_close(routed.gate_stats.sum(-1), torch.ones(2, 2))
     routed.loss.backward()
@@ -299,7 +357,9 @@ def test_trainable_state_dict_round_trip():
     torch.save(state, buffer)
     buffer.seek(0)
     fresh = tiny()
-    assert not torch.equal(fresh.eval().forward_batch(batch).logits, trained.eval().forward_batch(batch).logits)
+    assert not torch.equal(
+        fresh.eval().forward_batch(batch).logits, trained.eval().forward_batch(batch).logits
+    )
     fresh.load_trainable(torch.load(buffer, weights_only=True))
     assert torch.equal(fresh.forward_batch(batch).logits, trained.forward_batch(batch).logits)
     with pytest.raises(KeyError):
@@ -325,20 +385,27 @@ def prompts(items):
 
 def test_generation_with_cache_matches_rerunning_the_sequence(model):
     batch = prompts(items3())
-    kw = dict(pixel_values=batch["pixel_values"], aux_input_ids=batch["aux_input_ids"],
-              aux_attention_mask=batch["aux_attention_mask"], max_new_tokens=6)
-    cached, cached_scores = model.generate(batch["input_ids"], batch["attention_mask"], **kw, return_scores=True)
-    rerun, rerun_scores = model.generate(batch["input_ids"], batch["attention_mask"], **kw, use_cache=False,
-                                         return_scores=True)
+    kw = dict(
+        pixel_values=batch["pixel_values"],
+        aux_input_ids=batch["aux_input_ids"],
+        aux_attention_mask=batch["aux_attention_mask"],
+        max_new_tokens=6,
+    )
+    cached, cached_scores = model.generate(
+        batch["input_ids"], batch["attention_mask"], **kw, return_scores=True
+    )
+    rerun, rerun_scores = model.generate(
+        batch["input_ids"], batch["attention_mask"], **kw, use_cache=False, return_scores=True
+    )
     assert cached == rerun and all(len(r) == 6 for r in cached)
-    for a, b in zip(cached_scores, rerun_scores):
+    for a, b in zip(cached_scores, rerun_scores, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # the first step is the forward pass's logit at each row's last prompt token
     out = model.forward_batch(batch)
     last = out.inputs.attention_mask.sum(1) - 1
     torch.testing.assert_close(cached_scores[0], out.logits[torch.arange(3), last], rtol=1e-5, atol=1e-6)
     # a generated answer scored by forward (as labels) gives the same logits as while generating
-    items = [dict(i, answer=r) for i, r in zip(items3(), cached)]
+    items = [dict(i, answer=r) for i, r in zip(items3(), cached, strict=True)]
     scored = model.forward_batch(collate(items))
     for step, scores in enumerate(cached_scores):
         torch.testing.assert_close(scores, scored.logits[torch.arange(3), last + step], rtol=1e-4, atol=1e-5)
@@ -347,21 +414,42 @@ def test_generation_with_cache_matches_rerunning_the_sequence(model):
 def test_batched_generation_matches_alone_and_stops_at_eos(model):
     items = items3()
     batch = prompts(items)
-    batched = model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"],
-                             aux_input_ids=batch["aux_input_ids"], aux_attention_mask=batch["aux_attention_mask"],
-                             max_new_tokens=5)
+    batched = model.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        aux_input_ids=batch["aux_input_ids"],
+        aux_attention_mask=batch["aux_attention_mask"],
+        max_new_tokens=5,
+    )
     for b, item in enumerate(items):
         one = prompts([item])
-        alone = model.generate(one["input_ids"], one["attention_mask"], pixel_values=one["pixel_values"],
-                               aux_input_ids=one["aux_input_ids"], aux_attention_mask=one["aux_attention_mask"],
-                               max_new_tokens=5)
+        alone = model.generate(
+            one["input_ids"],
+            one["attention_mask"],
+            pixel_values=one["pixel_values"],
+            aux_input_ids=one["aux_input_ids"],
+            aux_attention_mask=one["aux_attention_mask"],
+            max_new_tokens=5,
+        )
         assert alone[0] == batched[b]
     eos = batched[0][2]
-    stopped = model.generate(batch["input_ids"][:1], batch["attention_mask"][:1], pixel_values=batch["pixel_values"][:1],
-                             aux_input_ids=batch["aux_input_ids"][:1], max_new_tokens=5, eos_token_id=eos)
+    stopped = model.generate(
+        batch["input_ids"][:1],
+        batch["attention_mask"][:1],
+        pixel_values=batch["pixel_values"][:1],
+        aux_input_ids=batch["aux_input_ids"][:1],
+        max_new_tokens=5,
+        eos_token_id=eos,
+    )
     assert stopped[0] == batched[0][: batched[0].index(eos)]
-    moai_style = model.generate(batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"],
-                                max_new_tokens=3, mixer_on_decode=False)
+    moai_style = model.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+        max_new_tokens=3,
+        mixer_on_decode=False,
+    )
     assert all(len(r) == 3 for r in moai_style)
 
 
@@ -386,9 +474,21 @@ def test_bf16_backbone_trains():
 
 
 def test_presets():
-    assert {"tiny", "tiny-qwen2-siglip", "smollm2-135m", "qwen2.5-0.5b", "qwen2.5-1.5b", "moai-internlm2-7b"} <= set(PRESETS)
+    assert {
+        "tiny",
+        "tiny-qwen2-siglip",
+        "smollm2-135m",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+        "moai-internlm2-7b",
+    } <= set(PRESETS)
     moai7b = MoAIConfig.preset("moai-internlm2-7b")
-    assert (moai7b.num_queries, moai7b.compressor_depth, moai7b.mixer_every, moai7b.mixer_rank) == (64, 4, 8, 64)
+    assert (moai7b.num_queries, moai7b.compressor_depth, moai7b.mixer_every, moai7b.mixer_rank) == (
+        64,
+        4,
+        8,
+        64,
+    )
     assert MoAIConfig.preset("tiny", mode="step1").mode == "step1"
     with pytest.raises(KeyError):
         MoAIConfig.preset("nope")

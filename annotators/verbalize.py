@@ -1,0 +1,248 @@
+"""MoAI's verbalization: the experts' stored records as four English sentences.
+
+The templates are MoAI's, word for word (moai-spec.md §2):
+
+    The image includes bounding box coordinates and their objects: [0.12, 0.30, 0.55, 0.98] person, and [0.00, 0.00, 1.00, 0.41] sky.
+    The image includes bounding box coordinates and their objects: [0.61, 0.52, 0.80, 0.77] dog.
+    The image includes relationships between objects: person (#1) is on bench, and person (#2) is beside person (#1).
+    The image includes text descriptions: STOP, and Main St.
+
+It needs nothing but stored records: the dataclasses of `annotators.base` or plain dicts with the
+same field names (how rows come back from Parquet), plus the image's width and height, so aux text
+can be regenerated with new thresholds without running any model.
+
+Conventions (decided here, pinned by tests/test_verbalize.py):
+- Boxes are normalized by the image's own width/height, clamped to [0, 1] and written with
+  `format(v, ".2f")`, which rounds the exact binary value half-to-even (0.125 -> "0.12",
+  0.375 -> "0.38"); -0.0 is written "0.00". Segment boxes are COCO [x, y, w, h] -> x2 = x + w.
+- Scores are compared with thresholds inclusively (score >= threshold), both taken at float32,
+  the warehouse's storage precision, so text made in the pipeline and text regenerated from
+  Parquet are identical (0.8 stored as float32 is 0.800000011..., 0.7 is 0.699999988...).
+  Coordinates are likewise taken at float32 before normalizing.
+- Item order: objects by score (desc), ties by position (x1, y1, x2, y2) then label; relations
+  by score (desc), ties by subject id, object id, predicate (top-k is taken in that order, then the
+  score threshold); OCR lines in reading order (rows top to bottom, a line joining a row when its
+  vertical centre lies within the row's first line; left to right within a row), as PaddleOCR
+  returns them to MoAI. Lines without a polygon come last, by text.
+- Segmentation labels lose COCO-panoptic suffixes (-merged, -other, -stuff) as in MoAI; segments
+  labelled "unlabeled" (or empty) are left out unless `include_unlabeled`.
+- OCR strings have their whitespace collapsed; blank strings are dropped.
+- A sentence with nothing to say is ""; the aux text joins the non-empty sentences (segmentation,
+  detection, SGG, OCR) with single spaces, so it never has double or edge spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from annotators.base import config_hash
+
+VERBALIZER_VERSION = "1"  # bump whenever the text for the same records and config changes
+OBJECTS_PREFIX = "The image includes bounding box coordinates and their objects: "
+RELATIONS_PREFIX = "The image includes relationships between objects: "
+TEXT_PREFIX = "The image includes text descriptions: "
+JOINER = ", and "
+UNLABELED = "unlabeled"
+_PANOPTIC_SUFFIXES = re.compile(r"(-merged|-other|-stuff)+$")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class VerbalizeConfig:
+    """Thresholds of the four sentences; defaults are MoAI's."""
+
+    segmentation_threshold: float = 0.5  # Mask2Former post-processing threshold
+    detection_threshold: float = 0.5  # OWLv2: only scores >= 0.5 are verbalized
+    sgg_top_k: int = 10  # PSGTR: the 10 best relations ...
+    sgg_threshold: float = 0.8  # ... of which those scoring >= 0.8
+    ocr_threshold: float = 0.85  # PaddleOCR line confidence
+    include_unlabeled: bool = False  # write "unlabeled" stuff segments in the segmentation sentence
+
+    def __post_init__(self) -> None:
+        for name in ("segmentation_threshold", "detection_threshold", "sgg_threshold", "ocr_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"verbalize {name} must be in [0, 1], not {value}")
+        if self.sgg_top_k < 0:
+            raise ValueError(f"verbalize sgg_top_k must be >= 0, not {self.sgg_top_k}")
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VerbalizeConfig:
+        """From a profile's `verbalize:` block; unknown keys are an error, not silently ignored."""
+        mapping = dict(mapping or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ValueError(f"verbalize: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**mapping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def config_hash(self) -> str:
+        """Versions the aux text: changes with any threshold or with the verbalizer's code version."""
+        return config_hash({"verbalizer": VERBALIZER_VERSION, **self.to_dict()})
+
+
+DEFAULT_CONFIG = VerbalizeConfig()
+
+
+@dataclass(frozen=True)
+class AuxText:
+    """The four sentences of one image; `text` is what the trainer embeds."""
+
+    segmentation: str = ""
+    detection: str = ""
+    sgg: str = ""
+    ocr: str = ""
+
+    @property
+    def text(self) -> str:
+        return join_sentences([self.segmentation, self.detection, self.sgg, self.ocr])
+
+    def columns(self) -> dict[str, str]:
+        """The text columns of the warehouse's `aux_text` table."""
+        return {"text": self.text, "segmentation_text": self.segmentation, "detection_text": self.detection,
+                "sgg_text": self.sgg, "ocr_text": self.ocr}
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _get(record: Any, name: str, default: Any = None) -> Any:
+    """A field of a dataclass record or of a dict row."""
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+def _f32(value: Any) -> float:
+    """The value as the warehouse stores it (float32), so fresh and stored records agree."""
+    return float(np.float32(value))
+
+
+def passes(score: Any, threshold: float) -> bool:
+    """Inclusive threshold at storage precision."""
+    return np.float32(score) >= np.float32(threshold)
+
+
+def clean_label(label: Any) -> str:
+    """Drop COCO-panoptic suffixes, as MoAI does ("wall-other-merged" -> "wall")."""
+    return _PANOPTIC_SUFFIXES.sub("", str(label)).strip()
+
+
+def format_coordinate(value: float, size: float) -> str:
+    normalized = min(1.0, max(0.0, _f32(value) / float(size)))
+    return format(normalized + 0.0, ".2f")  # + 0.0 turns -0.0 into 0.0
+
+
+def format_box(box: Sequence[float], width: float, height: float) -> str:
+    """Pixel [x1, y1, x2, y2] -> "[0.12, 0.30, 0.55, 0.98]"."""
+    x1, y1, x2, y2 = box
+    coordinates = (format_coordinate(x1, width), format_coordinate(y1, height),
+                   format_coordinate(x2, width), format_coordinate(y2, height))
+    return "[" + ", ".join(coordinates) + "]"
+
+
+def sentence(prefix: str, items: Sequence[str]) -> str:
+    return prefix + JOINER.join(items) + "." if items else ""
+
+
+def join_sentences(sentences: Iterable[str]) -> str:
+    return " ".join(s for s in sentences if s)
+
+
+# ----------------------------------------------------------------------------- the four sentences
+
+
+def _objects_sentence(objects: list[tuple[float, list[float], str]], width: float, height: float) -> str:
+    """(score, [x1, y1, x2, y2], label) items, best score first, ties by position then label."""
+    objects.sort(key=lambda o: (-_f32(o[0]), *(_f32(v) for v in o[1]), o[2]))
+    return sentence(OBJECTS_PREFIX, [f"{format_box(box, width, height)} {label}" for _, box, label in objects])
+
+
+def segment_box(segment: Any) -> list[float]:
+    """COCO [x, y, w, h] -> [x1, y1, x2, y2]."""
+    x, y, w, h = (_f32(v) for v in _get(segment, "bbox"))
+    return [x, y, x + w, y + h]
+
+
+def verbalize_segments(segments: Iterable[Any], width: float, height: float,
+                       config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
+    objects = []
+    for seg in segments:
+        label = clean_label(_get(seg, "label", ""))
+        if label in ("", UNLABELED) and not config.include_unlabeled:
+            continue
+        if passes(_get(seg, "score", 0.0), config.segmentation_threshold):
+            objects.append((_get(seg, "score", 0.0), segment_box(seg), label or UNLABELED))
+    return _objects_sentence(objects, width, height)
+
+
+def verbalize_detections(detections: Iterable[Any], width: float, height: float,
+                         config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
+    objects = [(_get(d, "score", 0.0), [_f32(v) for v in _get(d, "box")], str(_get(d, "label", "")))
+               for d in detections if passes(_get(d, "score", 0.0), config.detection_threshold)]
+    return _objects_sentence(objects, width, height)
+
+
+def verbalize_relations(relations: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
+    """MoAI's PSGTR filter: the top-k relations by score, then those scoring >= the threshold."""
+    ranked = sorted(relations, key=lambda r: (-_f32(_get(r, "score", 0.0)), int(_get(r, "subject_id", 0)),
+                                              int(_get(r, "object_id", 0)), str(_get(r, "predicate", ""))))
+    kept = [r for r in ranked[:config.sgg_top_k] if passes(_get(r, "score", 0.0), config.sgg_threshold)]
+    items = [f"{_get(r, 'subject')} is {_get(r, 'predicate')} {_get(r, 'object')}" for r in kept]
+    return sentence(RELATIONS_PREFIX, items)
+
+
+def reading_order(lines: list[Any]) -> list[Any]:
+    """OCR lines top to bottom by row, left to right within a row; lines without a polygon last."""
+    placed, unplaced = [], []
+    for line in lines:
+        points = np.asarray(_get(line, "polygon") or [], dtype=np.float64).reshape(-1, 2)
+        if len(points) == 0:
+            unplaced.append(line)
+        else:
+            (x0, y0), (_, y1) = points.min(axis=0), points.max(axis=0)
+            placed.append((float(y0), float(y1), float(x0), line))
+    placed.sort(key=lambda p: (p[0], p[2], p[1], str(_get(p[3], "text", ""))))
+    rows: list[list[tuple[float, float, float, Any]]] = []
+    for entry in placed:
+        center = (entry[0] + entry[1]) / 2
+        if rows and rows[-1][0][0] <= center <= rows[-1][0][1]:
+            rows[-1].append(entry)
+        else:
+            rows.append([entry])
+    ordered = [e[3] for row in rows for e in sorted(row, key=lambda e: (e[2], e[0]))]
+    return ordered + sorted(unplaced, key=lambda line: str(_get(line, "text", "")))
+
+
+def verbalize_ocr(lines: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
+    """Recognized strings scoring >= the threshold; positions are dropped, as in MoAI."""
+    kept = [line for line in lines if passes(_get(line, "score", 0.0), config.ocr_threshold)]
+    texts = [" ".join(str(_get(line, "text", "")).split()) for line in reading_order(kept)]
+    return sentence(TEXT_PREFIX, [t for t in texts if t])
+
+
+def verbalize(records: Mapping[str, Iterable[Any]], width: float, height: float,
+              config: VerbalizeConfig = DEFAULT_CONFIG) -> AuxText:
+    """All four sentences of one image from its records, keyed by expert name.
+
+    records: {"segmentation": [...], "detection": [...], "sgg": [...], "ocr": [...]}; a missing
+    expert simply contributes no sentence. width/height: the image's size in pixels.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"verbalize needs the image size, got width={width}, height={height}")
+    return AuxText(
+        segmentation=verbalize_segments(records.get("segmentation") or [], width, height, config),
+        detection=verbalize_detections(records.get("detection") or [], width, height, config),
+        sgg=verbalize_relations(records.get("sgg") or [], config),
+        ocr=verbalize_ocr(records.get("ocr") or [], config),
+    )

@@ -1,0 +1,1 @@
+"""moai-forge benchmarks: `python -m benchmarks` runs every one with its defaults (`make bench`)."""
