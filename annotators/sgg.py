@@ -133,7 +133,7 @@ class SceneGraphSettings:
 
 _RULE_KEYS = {f.name for f in fields(GeometryRules)}
 _SETTING_KEYS = {f.name for f in fields(SceneGraphSettings)} - {"rules"}
-GEOMETRIC_KEYS = frozenset({"backend", "model"} | _SETTING_KEYS | _RULE_KEYS)
+GEOMETRIC_KEYS = frozenset({"backend", "model", "enabled"} | _SETTING_KEYS | _RULE_KEYS)  # enabled: profile switch
 
 
 def resolve_settings(config: Mapping[str, Any], *, strict: bool = True) -> SceneGraphSettings:
@@ -221,8 +221,13 @@ def decode_mask_crop(rle: Mapping[str, Any] | None) -> tuple[np.ndarray, tuple[i
     return mask[y1:y2, x1:x2].copy(), (x1, y1, x2, y2)
 
 
+def object_label(record: Any) -> str:
+    """The label the rules and names use: panoptic suffixes dropped, "unlabeled" when empty."""
+    return clean_label(_get(record, "label", "")) or UNLABELED
+
+
 def _keep(label: str, score: float, settings: SceneGraphSettings) -> bool:
-    if not settings.include_unlabeled and label in ("", UNLABELED):
+    if label == UNLABELED and not settings.include_unlabeled:
         return False
     return score >= settings.min_object_score
 
@@ -235,7 +240,7 @@ def entities_from_segments(segments: Sequence[Any], settings: SceneGraphSettings
     """Kept segments, boxes from their decoded masks (the stored bbox when the mask is missing)."""
     candidates = []
     for seg in segments:
-        label, score = clean_label(_get(seg, "label", "")), float(_get(seg, "score", 0.0))
+        label, score = object_label(seg), float(_get(seg, "score", 0.0))
         x, y, w, h = (float(v) for v in _get(seg, "bbox", [0, 0, 0, 0]))
         if w > 0 and h > 0 and _keep(label, score, settings):
             candidates.append((Entity(int(_get(seg, "segment_id")), label, score, (x, y, x + w, y + h)), seg))
@@ -255,7 +260,7 @@ def entities_from_segments(segments: Sequence[Any], settings: SceneGraphSettings
 def entities_from_detections(detections: Sequence[Any], settings: SceneGraphSettings) -> list[Entity]:
     entities = []
     for index, det in enumerate(detections):
-        label, score = clean_label(_get(det, "label", "")), float(_get(det, "score", 0.0))
+        label, score = object_label(det), float(_get(det, "score", 0.0))
         x1, y1, x2, y2 = (float(v) for v in _get(det, "box"))
         if x2 > x1 and y2 > y1 and _keep(label, score, settings):
             entities.append(Entity(index + 1, label, score, (x1, y1, x2, y2)))
@@ -473,7 +478,8 @@ class PluginBackend:
         return self._sha
 
     def model_name(self) -> str:
-        return str(getattr(self.model, "model_name", "") or self.entry)
+        name = getattr(self.model, "model_name", "")
+        return str((name() if callable(name) else name) or self.entry)
 
     def relations(self, item: ImageInput, max_relations: int) -> list[Relation]:
         segments = [_as_record(Segment, r) for r in item.upstream.get("segmentation") or []]
@@ -505,8 +511,8 @@ def plugin_names(item: ImageInput) -> dict[int, str]:
         entities = []
         for seg in segments:
             x, y, w, h = (float(v) for v in _get(seg, "bbox", [0, 0, 0, 0]))
-            entities.append(Entity(int(_get(seg, "segment_id")), clean_label(_get(seg, "label", "")),
-                                   float(_get(seg, "score", 0.0)), (x, y, x + w, y + h)))
+            entities.append(Entity(int(_get(seg, "segment_id")), object_label(seg), float(_get(seg, "score", 0.0)),
+                                   (x, y, x + w, y + h)))
     else:
         entities = entities_from_detections(item.upstream.get("detection") or [], everything)
     number_labels(entities)
@@ -524,7 +530,8 @@ class SceneGraphExpert(Expert):
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
-        self.backend_name = str(self.config.get("backend", "geometric"))
+        self.config.setdefault("backend", "geometric")  # so {} and the explicit default hash alike
+        self.backend_name = str(self.config["backend"])
         if self.backend_name not in ("geometric", "plugin"):
             raise UserError(f"sgg backend {self.backend_name!r} is unknown; expected 'geometric' or 'plugin'.")
         plugin = self.backend_name == "plugin"

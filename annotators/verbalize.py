@@ -26,7 +26,8 @@ Conventions (decided here, pinned by tests/test_verbalize.py):
   returns them to MoAI. Lines without a polygon come last, by text.
 - Segmentation labels lose COCO-panoptic suffixes (-merged, -other, -stuff) as in MoAI; segments
   labelled "unlabeled" (or empty) are left out unless `include_unlabeled`.
-- OCR strings have their whitespace collapsed; blank strings are dropped.
+- OCR strings have their whitespace collapsed; blank strings are dropped. The final "." is always
+  appended, as MoAI's template does, even after a string that ends in "." ("Main St..").
 - A sentence with nothing to say is ""; the aux text joins the non-empty sentences (segmentation,
   detection, SGG, OCR) with single spaces, so it never has double or edge spaces.
 """
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from annotators.base import config_hash
+from pipeline.errors import UserError
 
 VERBALIZER_VERSION = "1"  # bump whenever the text for the same records and config changes
 OBJECTS_PREFIX = "The image includes bounding box coordinates and their objects: "
@@ -66,12 +68,15 @@ class VerbalizeConfig:
     include_unlabeled: bool = False  # write "unlabeled" stuff segments in the segmentation sentence
 
     def __post_init__(self) -> None:
+        # Coerce YAML values (1 vs 1.0, "10") so equal settings always hash alike.
+        for f in fields(self):
+            object.__setattr__(self, f.name, _COERCE[f.name](getattr(self, f.name)))
         for name in ("segmentation_threshold", "detection_threshold", "sgg_threshold", "ocr_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"verbalize {name} must be in [0, 1], not {value}")
+                raise UserError(f"verbalize: {name} must be in [0, 1], not {value}.")
         if self.sgg_top_k < 0:
-            raise ValueError(f"verbalize sgg_top_k must be >= 0, not {self.sgg_top_k}")
+            raise UserError(f"verbalize: sgg_top_k must be >= 0, not {self.sgg_top_k}.")
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> VerbalizeConfig:
@@ -80,7 +85,7 @@ class VerbalizeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise ValueError(f"verbalize: unknown keys {unknown}; known: {sorted(known)}")
+            raise UserError(f"verbalize: unknown keys {unknown}; known: {sorted(known)}.")
         return cls(**mapping)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +96,14 @@ class VerbalizeConfig:
         return config_hash({"verbalizer": VERBALIZER_VERSION, **self.to_dict()})
 
 
+def _strict_bool(value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise UserError(f"verbalize: include_unlabeled must be true or false, not {value!r}.")
+    return bool(value)
+
+
+_COERCE = {"segmentation_threshold": float, "detection_threshold": float, "sgg_top_k": int,
+           "sgg_threshold": float, "ocr_threshold": float, "include_unlabeled": _strict_bool}
 DEFAULT_CONFIG = VerbalizeConfig()
 
 

@@ -138,6 +138,14 @@ def test_two_nearby_squares_diagonally_are_near():
 def test_far_apart_objects_are_never_near_or_beside(far_box):
     rels = relations({"detection": [det("a", [100, 100, 140, 140]), det("b", far_box)]})
     assert rels[0].predicate in {"left of", "right of", "above", "below"}
+    assert rels[0].score == 0.5  # 6+ object sizes apart: true, but says little about the scene
+
+
+def test_direction_fades_with_distance_measured_in_object_sizes():
+    scores = [relations({"detection": [det("a", [0, 100, 40, 140]), det("b", [40 + gap, 100, 80 + gap, 140])]})[0]
+              for gap in (60, 80, 160, 240)]
+    assert [r.predicate for r in scores] == ["left of"] * 4
+    assert [r.score for r in scores] == [1.0, 1.0, 0.75, 0.5]  # fades from 2 to 6 sizes (L = 40 px)
 
 
 def test_far_diagonal_pair_gets_a_weak_direction():
@@ -250,6 +258,10 @@ def test_empty_segmentation_falls_back_to_detections_and_nothing_gives_nothing()
     assert relations({"detection": [det("cup", [0, 0, 10, 10])]}) == []
 
 
+def test_degenerate_boxes_are_ignored():
+    assert relations({"detection": [det("a", [10, 10, 10, 50]), det("b", [0, 0, 20, 20])]}) == []
+
+
 def test_records_from_parquet_as_dicts_give_the_same_relations():
     segments = [seg(1, "dining table", rect(100, 200, 500, 400)), seg(2, "cup", rect(250, 160, 300, 200)),
                 seg(3, "person", rect(20, 50, 80, 400))]
@@ -306,7 +318,8 @@ def test_geometric_identity_names_the_rule_set_not_random_weights():
     expert.load()
     assert expert.identity.weights_sha256 == GEOMETRIC_ID
     assert not expert.identity.random_init
-    assert (expert.identity.backend, expert.identity.model) == ("", "geometric")
+    assert (expert.identity.backend, expert.identity.model) == ("geometric", "geometric")
+    assert make_expert("sgg", {"backend": "geometric"}).identity == expert.identity
     other = make_expert("sgg", {"near_ratio": 0.3}).identity
     assert other.config_hash != expert.identity.config_hash
 
