@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(argv if argv is not None else sys.argv[1:]) or benchmark_names()
     unknown = sorted(set(names) - set(benchmark_names()))
     if unknown:
-        print(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(benchmark_names())}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(benchmark_names())}",
+            file=sys.stderr,
+        )
         return 2
     status = 0
     for name in names:

@@ -71,6 +71,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verbalize(args: argparse.Namespace) -> int:
+    from pipeline.reverbalize import reverbalize
+    from warehouse.store import Warehouse
+
+    thresholds = {k: v for k, v in {
+        "segmentation_threshold": args.segmentation_threshold, "detection_threshold": args.detection_threshold,
+        "sgg_top_k": args.sgg_top_k, "sgg_threshold": args.sgg_threshold, "ocr_threshold": args.ocr_threshold,
+        "include_unlabeled": args.include_unlabeled or None}.items() if v is not None}
+    reverbalize(Warehouse(args.warehouse or "outputs/warehouse"), args.dataset, thresholds)
+    return 0
+
+
 def _not_built(issue: int):
     def run(args: argparse.Namespace) -> int:
         raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
@@ -127,7 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a checkpoint to resume from (exact mid-epoch)")
     p.set_defaults(func=_cmd_train)
 
-    for name, issue in (("verbalize", 4),
+    p = sub.add_parser("verbalize", help="write a new aux_text version from stored rows (no model runs)")
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--warehouse", default=None)
+    for flag in ("segmentation", "detection", "sgg", "ocr"):
+        p.add_argument(f"--{flag}-threshold", type=float, default=None)
+    p.add_argument("--sgg-top-k", type=int, default=None)
+    p.add_argument("--include-unlabeled", action="store_true")
+    p.set_defaults(func=_cmd_verbalize)
+
+    for name, issue in (
                         ("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,96 @@
+"""The job on Ray: the streaming executor gives the local executor's rows, and a job submitted
+through Ray's job API to a real local cluster (`ray start --head` on 127.0.0.1) annotates a corpus."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.annotate import run_annotation
+from pipeline.corpus import resolve_corpus
+from pipeline.profiles import JobSpec, load_profile
+from tests.conftest import REPO
+from warehouse.store import Warehouse
+
+FAST = str(REPO / "tests" / "profiles" / "fast.yaml")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def three_photos(tmp_path, sample_image):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for stem in ("coffee", "page", "zidane"):
+        shutil.copy(sample_image(stem), folder / f"{stem}.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+def _records(wh: Warehouse) -> dict:
+    return {
+        "detections": wh.query("SELECT i.file_name, label, round(score, 4) s, round(x1) x FROM detections "
+                               "JOIN images i USING (dataset, image_id) ORDER BY ALL").to_pylist(),
+        "ocr": wh.query("SELECT i.file_name, text FROM ocr JOIN images i USING (dataset, image_id) "
+                        "ORDER BY ALL").to_pylist(),
+        "aux": wh.query("SELECT image_id, text FROM aux_text ORDER BY ALL").to_pylist(),
+        "errors": wh.query("SELECT file_name, stage, reason FROM errors ORDER BY ALL").to_pylist(),
+    }
+
+
+def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos):
+    import ray
+
+    corpus = resolve_corpus("three", images=three_photos, root=tmp_path / "data")
+    job = JobSpec(dataset="three", profile="fast", allow_random_weights=True, batch_size=2, commit_every=2)
+    local, distributed = Warehouse(tmp_path / "local"), Warehouse(tmp_path / "ray")
+    run_annotation(corpus, load_profile(FAST), job, local, executor="local")
+    try:
+        run_annotation(corpus, load_profile(FAST), job, distributed, executor="ray")
+    finally:
+        ray.shutdown()
+    assert _records(distributed) == _records(local)
+    assert [(e["file_name"], e["stage"]) for e in _records(local)["errors"]] == [("broken.jpg", "decode")]
+
+
+def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
+    from jobs.submit import submit
+
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    gcs, dashboard = _free_port(), _free_port()
+    start = subprocess.run(
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={tmp_path / 'ray'}"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        job_env = {"MOAI_DATA": str(tmp_path / "data"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        args = ["--dataset", "three", "--images", str(three_photos), "--profile", FAST, "--warehouse",
+                str(tmp_path / "wh"), "--executor", "ray", "--allow-random-weights"]
+        job_id, status, logs = submit(f"http://127.0.0.1:{dashboard}", args, upload=True, env=job_env,
+                                      timeout_s=400)
+        assert status == "SUCCEEDED", logs[-3000:]
+        assert "annotate three" in logs and "ray cluster at" in logs
+        wh = Warehouse(tmp_path / "wh")
+        assert wh.query("SELECT count(*) AS n FROM images").to_pylist() == [{"n": 3}]
+        assert wh.query("SELECT count(*) AS n FROM errors").to_pylist() == [{"n": 1}]
+    finally:
+        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+            os.environ.pop(key, None)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
