@@ -199,7 +199,12 @@ def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, lim
     start = time.perf_counter()
     if plan.rows:
         if executor == "ray":
+            import ray
+
             print(f"[annotate] executor: {init_ray()}", file=sys.stderr)
+            if not ray.cluster_resources().get("GPU"):
+                for spec in specs:  # a GPU share asked of a cluster without GPUs would never be granted
+                    spec.num_gpus = 0.0
             stream = run_ray(plan.rows, specs, job.batch_size)
         elif executor == "local":
             stream = run_local(plan.rows, specs, job.batch_size)

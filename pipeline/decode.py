@@ -81,6 +81,8 @@ def decode_image(path: str | Path, *, min_side: int = MIN_SIDE, max_pixels: int 
             raise DecodeError("not-an-image", f"{path.name} is not an image Pillow can identify") from None
         except OSError as err:
             raise DecodeError("unreadable", f"cannot open {path.name}: {err}") from None
+        except Exception as err:  # e.g. an optional format plugin (HEIF) another library registered is missing
+            raise DecodeError("not-an-image", f"{path.name}: no image reader accepts it ({type(err).__name__}: {err})") from None
         with im:
             width, height = im.size
             if width * height > max_pixels:

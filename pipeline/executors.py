@@ -92,7 +92,7 @@ def run_ray(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> It
             batch_size=spec.batch_size,
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,
-            num_gpus=spec.num_gpus or None,
+            **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
         )
     ds = ds.drop_columns(["pixels"])
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

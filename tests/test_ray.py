@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,10 +73,11 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     gcs, dashboard = _free_port(), _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
     start = subprocess.run(
         [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats",
-         f"--temp-dir={tmp_path / 'ray'}"],
+         f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
+         f"--temp-dir={ray_tmp}"],
         env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
@@ -84,7 +86,7 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
         args = ["--dataset", "three", "--images", str(three_photos), "--profile", FAST, "--warehouse",
                 str(tmp_path / "wh"), "--executor", "ray", "--allow-random-weights"]
         job_id, status, logs = submit(f"http://127.0.0.1:{dashboard}", args, upload=True, env=job_env,
-                                      timeout_s=400)
+                                      timeout_s=240)
         assert status == "SUCCEEDED", logs[-3000:]
         assert "annotate three" in logs and "ray cluster at" in logs
         wh = Warehouse(tmp_path / "wh")
@@ -94,3 +96,4 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
         for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
             os.environ.pop(key, None)
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
