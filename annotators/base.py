@@ -178,7 +178,10 @@ class Expert:
         try:
             results = self.predict(batch)
             per_image = (time.perf_counter() - start) / max(len(batch), 1)
-            return [ExpertOutput(item.image_id, list(recs), None, per_image) for item, recs in zip(batch, results)]
+            return [
+                ExpertOutput(item.image_id, list(recs), None, per_image)
+                for item, recs in zip(batch, results, strict=True)
+            ]
         except Exception:
             if len(batch) == 1:
                 return [self._one(batch[0])]
@@ -192,7 +195,9 @@ class Expert:
             (records,) = self.predict([item])
             return ExpertOutput(item.image_id, list(records), None, time.perf_counter() - start)
         except Exception as err:  # the expert failed on this image only: report, keep going
-            return ExpertOutput(item.image_id, [], f"{type(err).__name__}: {err}", time.perf_counter() - start)
+            return ExpertOutput(
+                item.image_id, [], f"{type(err).__name__}: {err}", time.perf_counter() - start
+            )
 
 
 EXPERT_NAMES = ("detection", "segmentation", "sgg", "ocr")

@@ -78,28 +78,69 @@ ULTRALYTICS_NMS_IOU = 0.7  # ultralytics' own predict default
 ULTRALYTICS_RELEASES = "https://github.com/ultralytics/assets/releases"
 DOWNLOAD_PROBE_SECONDS = 3.0
 
-COMMON_KEYS = {"backend", "model", "weights", "device", "score_threshold", "max_detections", "nms_iou",
-               "agnostic_nms", "labels", "enabled"}
+COMMON_KEYS = {
+    "backend",
+    "model",
+    "weights",
+    "device",
+    "score_threshold",
+    "max_detections",
+    "nms_iou",
+    "agnostic_nms",
+    "labels",
+    "enabled",
+}
 ULTRALYTICS_KEYS = COMMON_KEYS | {"imgsz", "vocabulary", "half", "seed"}
-ONNX_KEYS = COMMON_KEYS | {"preset", "format", "input", "outputs", "box_order", "box_units", "class_offset",
-                           "strides", "reg_max", "threads"}
+ONNX_KEYS = COMMON_KEYS | {
+    "preset",
+    "format",
+    "input",
+    "outputs",
+    "box_order",
+    "box_units",
+    "class_offset",
+    "strides",
+    "reg_max",
+    "threads",
+}
 INPUT_KEYS = {"size", "layout", "channels", "mean", "std", "resize", "pad_value", "name"}
 ONNX_FORMATS = ("ultralytics", "boxes", "nanodet")
-CHOICES = {"layout": ("nchw", "nhwc"), "channels": ("rgb", "bgr"), "resize": ("letterbox", "stretch"),
-           "box_order": ("xyxy", "yxyx"), "box_units": ("pixels", "normalized")}
+CHOICES = {
+    "layout": ("nchw", "nhwc"),
+    "channels": ("rgb", "bgr"),
+    "resize": ("letterbox", "stretch"),
+    "box_order": ("xyxy", "yxyx"),
+    "box_units": ("pixels", "normalized"),
+}
 
 # The two real COCO detectors in ../shared/models (their I/O is documented in its README).
 ONNX_PRESETS: dict[str, dict[str, Any]] = {
     "centernet": {
         "format": "boxes",
-        "input": {"size": 512, "layout": "nhwc", "channels": "rgb", "mean": 0.0, "std": 1.0, "resize": "stretch"},
-        "box_order": "xyxy", "box_units": "pixels",
+        "input": {
+            "size": 512,
+            "layout": "nhwc",
+            "channels": "rgb",
+            "mean": 0.0,
+            "std": 1.0,
+            "resize": "stretch",
+        },
+        "box_order": "xyxy",
+        "box_units": "pixels",
     },
     "nanodet": {
         "format": "nanodet",
-        "input": {"size": 416, "layout": "nchw", "channels": "bgr", "mean": [103.53, 116.28, 123.675],
-                  "std": [57.375, 57.12, 58.395], "resize": "stretch"},
-        "strides": [8, 16, 32], "reg_max": 10, "nms_iou": 0.6,
+        "input": {
+            "size": 416,
+            "layout": "nchw",
+            "channels": "bgr",
+            "mean": [103.53, 116.28, 123.675],
+            "std": [57.375, 57.12, 58.395],
+            "resize": "stretch",
+        },
+        "strides": [8, 16, 32],
+        "reg_max": 10,
+        "nms_iou": 0.6,
     },
 }
 
@@ -126,8 +167,10 @@ class _Detector(Expert):
         super().__init__(config)
         unknown = sorted(set(self.config) - self.allowed_keys)
         if unknown:
-            raise UserError(f"detection ({self.config.get('backend', 'ultralytics')}): unknown config keys "
-                            f"{unknown}; known: {sorted(self.allowed_keys)}.")
+            raise UserError(
+                f"detection ({self.config.get('backend', 'ultralytics')}): unknown config keys "
+                f"{unknown}; known: {sorted(self.allowed_keys)}."
+            )
         self.score_threshold = float(self.config.get("score_threshold", DEFAULT_SCORE_THRESHOLD))
         self.max_detections = int(self.config.get("max_detections", DEFAULT_MAX_DETECTIONS))
         self.agnostic_nms = bool(self.config.get("agnostic_nms", False))
@@ -159,12 +202,15 @@ class _Detector(Expert):
 
     def label(self, class_id: int) -> str:
         if not 0 <= class_id < len(self.names):
-            raise ValueError(f"the model returned class {class_id} but only {len(self.names)} class names are "
-                             "known; check `labels` (and `class_offset`)")
+            raise ValueError(
+                f"the model returned class {class_id} but only {len(self.names)} class names are "
+                "known; check `labels` (and `class_offset`)"
+            )
         return self.names[class_id]
 
-    def to_records(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, width: int,
-                   height: int) -> list[Detection]:
+    def to_records(
+        self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, width: int, height: int
+    ) -> list[Detection]:
         """Clip boxes to the image, drop empty ones and those at or below the floor, keep the best."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -174,16 +220,27 @@ class _Detector(Expert):
         keep = (scores > self.score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         order = np.flatnonzero(keep)
         order = order[np.argsort(-scores[order], kind="stable")][: self.max_detections]
-        return [Detection(self.label(int(classes[i])), int(classes[i]), float(scores[i]),
-                          [float(v) for v in boxes[i]]) for i in order]
+        return [
+            Detection(
+                self.label(int(classes[i])), int(classes[i]), float(scores[i]), [float(v) for v in boxes[i]]
+            )
+            for i in order
+        ]
 
 
 def _check_image(item: ImageInput) -> np.ndarray:
     image = item.image
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-            and min(image.shape[:2]) > 0):
+    if not (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.dtype == np.uint8
+        and min(image.shape[:2]) > 0
+    ):
         shape = getattr(image, "shape", None)
-        raise ValueError(f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} {shape}")
+        raise ValueError(
+            f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} {shape}"
+        )
     return image
 
 
@@ -268,7 +325,9 @@ def find_ultralytics_weights(model: str) -> Path:
         try:
             downloaded = Path(attempt_download_asset(str(target), retry=1))
         except Exception as err:  # network, HTTP or disk errors: report them, never retry in a loop
-            reason = f"ultralytics {ultralytics.__version__} could not download it ({type(err).__name__}: {err})"
+            reason = (
+                f"ultralytics {ultralytics.__version__} could not download it ({type(err).__name__}: {err})"
+            )
         else:
             if downloaded.is_file():
                 return downloaded
@@ -299,12 +358,14 @@ class UltralyticsDetector(_Detector):
         if self.random_init() and not is_architecture:
             raise WeightsError(
                 f"detection: `weights: random-init` builds a model from an ultralytics architecture file, so "
-                f"`model` must be one (e.g. yolo11n.yaml), not '{self.model_file}'.")
+                f"`model` must be one (e.g. yolo11n.yaml), not '{self.model_file}'."
+            )
         if is_architecture and not self.random_init():
             raise WeightsError(
                 f"detection: model '{self.model_file}' is an architecture file, so it would run with random "
                 "weights. Say `weights: random-init` to ask for that explicitly (its rows are labelled "
-                "random-init), or name trained weights such as yolo11n.pt.")
+                "random-init), or name trained weights such as yolo11n.pt."
+            )
         self.imgsz = self.config.get("imgsz", 640)
         self.nms_iou = float(self.config.get("nms_iou", ULTRALYTICS_NMS_IOU))
         self.seed = int(self.config.get("seed", 0))
@@ -333,21 +394,33 @@ class UltralyticsDetector(_Detector):
             try:
                 self.yolo = YOLO(str(self._weights_path))
             except Exception as err:  # truncated download, not a checkpoint, a newer ultralytics' format
-                raise WeightsError(f"detection: ultralytics cannot load {self._weights_path}: "
-                                   f"{type(err).__name__}: {err}") from err
-        if self.yolo.task not in ("detect", "segment", "pose"):  # the tasks whose results carry axis-aligned boxes
-            raise UserError(f"detection: '{self.model_file}' is a {self.yolo.task} model; it predicts no boxes.")
+                raise WeightsError(
+                    f"detection: ultralytics cannot load {self._weights_path}: {type(err).__name__}: {err}"
+                ) from err
+        if self.yolo.task not in (
+            "detect",
+            "segment",
+            "pose",
+        ):  # the tasks whose results carry axis-aligned boxes
+            raise UserError(
+                f"detection: '{self.model_file}' is a {self.yolo.task} model; it predicts no boxes."
+            )
         if "vocabulary" in self.config:
             self._set_vocabulary(read_class_names(str(self.config["vocabulary"])))
         names = self.yolo.names
-        self.names = read_class_names(self.config["labels"]) if "labels" in self.config else [
-            names[i] for i in range(len(names))]
+        self.names = (
+            read_class_names(self.config["labels"])
+            if "labels" in self.config
+            else [names[i] for i in range(len(names))]
+        )
 
     def _set_vocabulary(self, vocabulary: list[str]) -> None:
         """Embed the vocabulary with the model's text encoder, or say plainly why that is impossible here."""
         if not hasattr(self.yolo, "set_classes"):
-            raise UserError(f"detection: `vocabulary` needs an open-vocabulary model (YOLO-World, YOLOE); "
-                            f"'{self.model_file}' is a closed-set {type(self.yolo.model).__name__}.")
+            raise UserError(
+                f"detection: `vocabulary` needs an open-vocabulary model (YOLO-World, YOLOE); "
+                f"'{self.model_file}' is a closed-set {type(self.yolo.model).__name__}."
+            )
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)  # the text encoder's own download has no timeout of its own
         try:
@@ -371,13 +444,25 @@ class UltralyticsDetector(_Detector):
             # ultralytics reads numpy images as BGR (OpenCV's order); ours are RGB.
             images = [np.ascontiguousarray(batch[i].image[..., ::-1]) for i in indices]
             results = self.yolo.predict(
-                images, conf=self.score_threshold, iou=self.nms_iou, max_det=self.max_detections, imgsz=self.imgsz,
-                agnostic_nms=self.agnostic_nms, device=self.device.torch_device,
-                quantize=16 if self.config.get("half", self.device.half) else None, verbose=False)
+                images,
+                conf=self.score_threshold,
+                iou=self.nms_iou,
+                max_det=self.max_detections,
+                imgsz=self.imgsz,
+                agnostic_nms=self.agnostic_nms,
+                device=self.device.torch_device,
+                quantize=16 if self.config.get("half", self.device.half) else None,
+                verbose=False,
+            )
             for i, result in zip(indices, results, strict=True):
                 boxes = result.boxes
-                records[i] = self.to_records(boxes.xyxy.float().cpu().numpy(), boxes.conf.float().cpu().numpy(),
-                                             boxes.cls.cpu().numpy(), batch[i].width, batch[i].height)
+                records[i] = self.to_records(
+                    boxes.xyxy.float().cpu().numpy(),
+                    boxes.conf.float().cpu().numpy(),
+                    boxes.cls.cpu().numpy(),
+                    batch[i].width,
+                    batch[i].height,
+                )
         return records
 
 
@@ -414,7 +499,9 @@ class Placement:
         return boxes
 
 
-def letterbox(image: np.ndarray, height: int, width: int, pad_value: int = 114) -> tuple[np.ndarray, Placement]:
+def letterbox(
+    image: np.ndarray, height: int, width: int, pad_value: int = 114
+) -> tuple[np.ndarray, Placement]:
     """Resize keeping the aspect ratio and pad to height x width, centred: exactly ultralytics' LetterBox."""
     import cv2
 
@@ -481,7 +568,9 @@ def _metadata_value(metadata: Mapping[str, str], key: str, default: Any) -> Any:
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
     values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3)]
     if len(values) != 3:
-        raise UserError(f"detection input.{key} must be one number or three (one per channel), not {value!r}.")
+        raise UserError(
+            f"detection input.{key} must be one number or three (one per channel), not {value!r}."
+        )
     return values[0], values[1], values[2]
 
 
@@ -503,7 +592,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         if suppressed[i]:
             continue
         keep.append(i)
-        rest = order[position + 1:]
+        rest = order[position + 1 :]
         rest = rest[~suppressed[rest]]
         width = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(min=0)
         height = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(min=0)
@@ -513,8 +602,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
-                agnostic: bool = False) -> np.ndarray:
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, agnostic: bool = False
+) -> np.ndarray:
     """Per-class NMS by offsetting each class's boxes far apart (ultralytics' trick, max_wh = 7680)."""
     offsets = 0.0 if agnostic else classes.astype(boxes.dtype)[:, None] * 7680.0
     return nms(boxes + offsets, scores, iou_threshold)
@@ -529,8 +619,14 @@ class Candidates:
     classes: np.ndarray
 
 
-def decode_ultralytics(output: np.ndarray, score_threshold: float, iou_threshold: float, max_detections: int,
-                       agnostic: bool = False, end2end: bool = False) -> Candidates:
+def decode_ultralytics(
+    output: np.ndarray,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    agnostic: bool = False,
+    end2end: bool = False,
+) -> Candidates:
     """ultralytics' ONNX export: [1, 4+nc, N] (cx, cy, w, h, scores) -> NMS as `non_max_suppression`;
     an end-to-end export ([1, N, 6] rows x1, y1, x2, y2, score, class) only needs the score filter."""
     prediction = np.asarray(output, dtype=np.float32)[0]
@@ -552,8 +648,13 @@ def decode_ultralytics(output: np.ndarray, score_threshold: float, iou_threshold
     return Candidates(boxes[kept], scores[kept], classes[kept])
 
 
-def decode_boxes(rows: np.ndarray, order: str = "xyxy", units: str = "pixels", input_hw: tuple[int, int] = (1, 1),
-                 class_offset: int = 0) -> Candidates:
+def decode_boxes(
+    rows: np.ndarray,
+    order: str = "xyxy",
+    units: str = "pixels",
+    input_hw: tuple[int, int] = (1, 1),
+    class_offset: int = 0,
+) -> Candidates:
     """End-to-end graphs: rows of x1, y1, x2, y2 (or y1, x1, y2, x2), score, class."""
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, rows.shape[-1])
     boxes = rows[:, [1, 0, 3, 2]] if order == "yxyx" else rows[:, :4]
@@ -564,9 +665,16 @@ def decode_boxes(rows: np.ndarray, order: str = "xyxy", units: str = "pixels", i
     return Candidates(boxes, rows[:, 4], classes)
 
 
-def decode_nanodet(outputs: Sequence[np.ndarray], input_hw: tuple[int, int], strides: Sequence[int],
-                   reg_max: int, score_threshold: float, iou_threshold: float, max_detections: int,
-                   agnostic: bool = False) -> Candidates:
+def decode_nanodet(
+    outputs: Sequence[np.ndarray],
+    input_hw: tuple[int, int],
+    strides: Sequence[int],
+    reg_max: int,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    agnostic: bool = False,
+) -> Candidates:
     """NanoDet GFL heads: per stride, class scores [1, N, nc] (sigmoid applied) and box distributions
     [1, N, 4 x (reg_max+1)]; the expected bin x stride is the distance from the cell centre to each side."""
     bins = reg_max + 1
@@ -578,8 +686,10 @@ def decode_nanodet(outputs: Sequence[np.ndarray], input_hw: tuple[int, int], str
         rows, cols = -(-height // stride), -(-width // stride)
         n = rows * cols
         if n not in scores_by_n or n not in boxes_by_n:
-            raise ValueError(f"nanodet: no head outputs of {n} cells for stride {stride} "
-                             f"(found {sorted(scores_by_n)} / {sorted(boxes_by_n)})")
+            raise ValueError(
+                f"nanodet: no head outputs of {n} cells for stride {stride} "
+                f"(found {sorted(scores_by_n)} / {sorted(boxes_by_n)})"
+            )
         class_scores, distribution = scores_by_n[n], boxes_by_n[n]
         classes = class_scores.argmax(1)
         scores = class_scores[np.arange(n), classes]
@@ -590,11 +700,19 @@ def decode_nanodet(outputs: Sequence[np.ndarray], input_hw: tuple[int, int], str
         distances = (probabilities * np.arange(bins)).sum(-1) * stride  # left, top, right, bottom
         cx = (keep % cols + 0.5) * stride
         cy = (keep // cols + 0.5) * stride
-        all_boxes.append(np.stack([cx - distances[:, 0], cy - distances[:, 1],
-                                   cx + distances[:, 2], cy + distances[:, 3]], axis=1))
+        all_boxes.append(
+            np.stack(
+                [cx - distances[:, 0], cy - distances[:, 1], cx + distances[:, 2], cy + distances[:, 3]],
+                axis=1,
+            )
+        )
         all_scores.append(scores[keep])
         all_classes.append(classes[keep])
-    boxes, scores, classes = np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_classes)
+    boxes, scores, classes = (
+        np.concatenate(all_boxes),
+        np.concatenate(all_scores),
+        np.concatenate(all_classes),
+    )
     kept = batched_nms(boxes, scores, classes, iou_threshold, agnostic)[:max_detections]
     return Candidates(boxes[kept], scores[kept], classes[kept])
 
@@ -607,16 +725,23 @@ class OnnxDetector(_Detector):
     def __init__(self, config: Mapping[str, Any] | None = None):
         super().__init__(config)
         if self.random_init():
-            raise WeightsError("detection: the onnx backend runs a trained graph; `weights: random-init` is only "
-                               "possible with the ultralytics backend and an architecture .yaml.")
+            raise WeightsError(
+                "detection: the onnx backend runs a trained graph; `weights: random-init` is only "
+                "possible with the ultralytics backend and an architecture .yaml."
+            )
         preset = self.config.get("preset")
         if preset is not None and preset not in ONNX_PRESETS:
             raise UserError(f"detection: unknown onnx preset {preset!r}; known: {sorted(ONNX_PRESETS)}.")
         self.settings = {**ONNX_PRESETS.get(preset, {}), **self.config}
-        self.settings["input"] = {**ONNX_PRESETS.get(preset, {}).get("input", {}), **(self.config.get("input") or {})}
+        self.settings["input"] = {
+            **ONNX_PRESETS.get(preset, {}).get("input", {}),
+            **(self.config.get("input") or {}),
+        }
         self.format = str(self.settings.get("format", "ultralytics"))
         if self.format not in ONNX_FORMATS:
-            raise UserError(f"detection: onnx format {self.format!r} is unknown; expected one of {ONNX_FORMATS}.")
+            raise UserError(
+                f"detection: onnx format {self.format!r} is unknown; expected one of {ONNX_FORMATS}."
+            )
         unknown_input = sorted(set(self.settings["input"]) - INPUT_KEYS)
         if unknown_input:
             raise UserError(f"detection: unknown input keys {unknown_input}; known: {sorted(INPUT_KEYS)}.")
@@ -625,8 +750,10 @@ class OnnxDetector(_Detector):
             if value not in allowed:
                 raise UserError(f"detection: {key} {value!r} is not one of {allowed}.")
         if "weights" not in self.config and not str(self.config.get("model", "")).endswith(".onnx"):
-            raise WeightsError("detection: the onnx backend needs `weights` (the .onnx file) or `model` set to "
-                               "the .onnx path.")
+            raise WeightsError(
+                "detection: the onnx backend needs `weights` (the .onnx file) or `model` set to "
+                "the .onnx path."
+            )
         default_iou = None if self.format == "boxes" else ULTRALYTICS_NMS_IOU
         nms_iou = self.settings.get("nms_iou", default_iou)
         self.nms_iou = None if nms_iou is None else float(nms_iou)
@@ -652,15 +779,18 @@ class OnnxDetector(_Detector):
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         options.intra_op_num_threads = int(self.settings.get("threads", 0))
         try:
-            self.session = ort.InferenceSession(str(self._weights_path), options,
-                                                providers=self.device.onnx_providers())
+            self.session = ort.InferenceSession(
+                str(self._weights_path), options, providers=self.device.onnx_providers()
+            )
         except Exception as err:  # not an ONNX file, or an operator this onnxruntime lacks
             raise WeightsError(f"detection: onnxruntime cannot load {self._weights_path}: {err}") from err
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.input = self._input_spec(metadata)
         self.names = self._class_names(metadata)
         self._check_named_outputs()
-        self.end2end = _metadata_value(metadata, "end2end", False) or _metadata_value(metadata, "args", {}).get("nms")
+        self.end2end = _metadata_value(metadata, "end2end", False) or _metadata_value(
+            metadata, "args", {}
+        ).get("nms")
 
     def _input_spec(self, metadata: Mapping[str, str]) -> InputSpec:
         """Input settings: explicit config, else (ultralytics format) what ultralytics' export implies."""
@@ -675,11 +805,16 @@ class OnnxDetector(_Detector):
         else:
             dims = graph_input.shape[2:4] if layout == "nchw" else graph_input.shape[1:3]
             if not all(isinstance(d, int) for d in dims):
-                raise UserError(f"detection: {self._weights_path.name} has a dynamic input size; set input.size.")
+                raise UserError(
+                    f"detection: {self._weights_path.name} has a dynamic input size; set input.size."
+                )
             height, width = dims
         ultralytics_default = self.format == "ultralytics"
         return InputSpec(
-            name=name, height=height, width=width, layout=layout,
+            name=name,
+            height=height,
+            width=width,
+            layout=layout,
             channels=str(given.get("channels", "rgb")),
             mean=_triple(given.get("mean", 0.0), "mean"),
             std=_triple(given.get("std", 255.0 if ultralytics_default else 1.0), "std"),
@@ -693,8 +828,10 @@ class OnnxDetector(_Detector):
         if "names" in metadata:  # ultralytics writes str({0: 'person', ...})
             names = _metadata_value(metadata, "names", None)
             return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
-        raise UserError(f"detection: {self._weights_path.name} carries no class names; set `labels` to a text "
-                        "file with one name per line (or \"coco80\").")
+        raise UserError(
+            f"detection: {self._weights_path.name} carries no class names; set `labels` to a text "
+            'file with one name per line (or "coco80").'
+        )
 
     def predict(self, batch: Sequence[ImageInput]) -> list[list[Detection]]:
         if self.session is None:
@@ -710,19 +847,37 @@ class OnnxDetector(_Detector):
 
     def _decode(self, outputs: list[np.ndarray]) -> Candidates:
         if self.format == "ultralytics":
-            return decode_ultralytics(outputs[0], self.score_threshold, self.nms_iou, self.max_detections,
-                                      self.agnostic_nms, self.end2end)
+            return decode_ultralytics(
+                outputs[0],
+                self.score_threshold,
+                self.nms_iou,
+                self.max_detections,
+                self.agnostic_nms,
+                self.end2end,
+            )
         if self.format == "nanodet":
-            return decode_nanodet(outputs, (self.input.height, self.input.width),
-                                  [int(s) for s in self.settings.get("strides", (8, 16, 32))],
-                                  int(self.settings.get("reg_max", 10)), self.score_threshold, self.nms_iou,
-                                  self.max_detections, self.agnostic_nms)
-        candidates = decode_boxes(self._box_rows(outputs), str(self.settings.get("box_order", "xyxy")),
-                                  str(self.settings.get("box_units", "pixels")),
-                                  (self.input.height, self.input.width), int(self.settings.get("class_offset", 0)))
+            return decode_nanodet(
+                outputs,
+                (self.input.height, self.input.width),
+                [int(s) for s in self.settings.get("strides", (8, 16, 32))],
+                int(self.settings.get("reg_max", 10)),
+                self.score_threshold,
+                self.nms_iou,
+                self.max_detections,
+                self.agnostic_nms,
+            )
+        candidates = decode_boxes(
+            self._box_rows(outputs),
+            str(self.settings.get("box_order", "xyxy")),
+            str(self.settings.get("box_units", "pixels")),
+            (self.input.height, self.input.width),
+            int(self.settings.get("class_offset", 0)),
+        )
         if self.nms_iou is None:
             return candidates
-        kept = batched_nms(candidates.boxes, candidates.scores, candidates.classes, self.nms_iou, self.agnostic_nms)
+        kept = batched_nms(
+            candidates.boxes, candidates.scores, candidates.classes, self.nms_iou, self.agnostic_nms
+        )
         return Candidates(candidates.boxes[kept], candidates.scores[kept], candidates.classes[kept])
 
     def _check_named_outputs(self) -> None:
@@ -732,8 +887,10 @@ class OnnxDetector(_Detector):
         graph_outputs = [o.name for o in self.session.get_outputs()]
         wrong = {k: named.get(k) for k in ("boxes", "scores", "classes") if named.get(k) not in graph_outputs}
         if wrong:
-            raise UserError(f"detection: `outputs` {wrong} do not name outputs of {self._weights_path.name}; it "
-                            f"has {graph_outputs}.")
+            raise UserError(
+                f"detection: `outputs` {wrong} do not name outputs of {self._weights_path.name}; it "
+                f"has {graph_outputs}."
+            )
 
     def _box_rows(self, outputs: list[np.ndarray]) -> np.ndarray:
         """[N, 6] rows from one output, or from the three outputs named in `outputs`."""
@@ -742,5 +899,6 @@ class OnnxDetector(_Detector):
             return outputs[0].reshape(-1, outputs[0].shape[-1])
         by_name = dict(zip((o.name for o in self.session.get_outputs()), outputs, strict=True))
         boxes = by_name[named["boxes"]].reshape(-1, 4)
-        return np.concatenate([boxes, by_name[named["scores"]].reshape(-1, 1),
-                               by_name[named["classes"]].reshape(-1, 1)], axis=1)
+        return np.concatenate(
+            [boxes, by_name[named["scores"]].reshape(-1, 1), by_name[named["classes"]].reshape(-1, 1)], axis=1
+        )

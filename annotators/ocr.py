@@ -65,16 +65,33 @@ DEFAULT_MAX_SIDE = 4000
 DEFAULT_DET_MIN_SIDE = 736
 MODEL_ROLES = ("det", "cls", "rec")  # the order they run in; also the order they are hashed in
 
-COMMON_KEYS = {"backend", "device", "score_threshold", "max_side", "det_min_side", "angle_classifier", "threads",
-               "det_model", "rec_model", "cls_model", "enabled"}
+COMMON_KEYS = {
+    "backend",
+    "device",
+    "score_threshold",
+    "max_side",
+    "det_min_side",
+    "angle_classifier",
+    "threads",
+    "det_model",
+    "rec_model",
+    "cls_model",
+    "enabled",
+}
 PADDLE_EXTRA = "pip install moai-forge[paddle]"
 
 # The models each rapidocr package ships in its own `models/` folder, and their display names.
 SHIPPED_MODELS: dict[str, dict[str, str]] = {
-    "rapidocr": {"det": "PP-OCRv6_det_small.onnx", "rec": "PP-OCRv6_rec_small.onnx",
-                 "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx"},
-    "rapidocr-onnxruntime": {"det": "ch_PP-OCRv4_det_infer.onnx", "rec": "ch_PP-OCRv4_rec_infer.onnx",
-                             "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx"},
+    "rapidocr": {
+        "det": "PP-OCRv6_det_small.onnx",
+        "rec": "PP-OCRv6_rec_small.onnx",
+        "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+    },
+    "rapidocr-onnxruntime": {
+        "det": "ch_PP-OCRv4_det_infer.onnx",
+        "rec": "ch_PP-OCRv4_rec_infer.onnx",
+        "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+    },
 }
 SHIPPED_MODEL_NAMES = {"rapidocr": "PP-OCRv6-small", "rapidocr-onnxruntime": "PP-OCRv4-mobile"}
 PACKAGES = {"rapidocr": "rapidocr", "rapidocr-onnxruntime": "rapidocr_onnxruntime"}
@@ -142,10 +159,17 @@ def to_lines(raw: Sequence[tuple[str, float, Any]], width: int, height: int, flo
 
 def _check_image(item: ImageInput) -> np.ndarray:
     image = item.image
-    if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
-            and min(image.shape[:2]) > 0):
-        raise ValueError(f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} "
-                         f"{getattr(image, 'shape', None)}")
+    if not (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.dtype == np.uint8
+        and min(image.shape[:2]) > 0
+    ):
+        raise ValueError(
+            f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} "
+            f"{getattr(image, 'shape', None)}"
+        )
     return image
 
 
@@ -156,7 +180,9 @@ def onnx_device(requested: str | None) -> Device:
     """CUDA only when onnxruntime can use it; "auto" needs no torch import when it cannot."""
     import onnxruntime as ort
 
-    if (requested or "auto").lower() == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
+    if (
+        requested or "auto"
+    ).lower() == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return Device("cpu", False)
     return pick_device(requested)
 
@@ -183,7 +209,9 @@ class _OcrExpert(Expert):
         self.config.setdefault("backend", self.backend)
         unknown = sorted(set(self.config) - self.allowed_keys)
         if unknown:
-            raise UserError(f"ocr ({self.backend}): unknown config keys {unknown}; known: {sorted(self.allowed_keys)}.")
+            raise UserError(
+                f"ocr ({self.backend}): unknown config keys {unknown}; known: {sorted(self.allowed_keys)}."
+            )
         self.score_threshold = float(self.config.get("score_threshold", DEFAULT_SCORE_THRESHOLD))
         self.max_side = int(self.config.get("max_side", DEFAULT_MAX_SIDE))
         self.det_min_side = int(self.config.get("det_min_side", DEFAULT_DET_MIN_SIDE))
@@ -246,7 +274,9 @@ class _OcrExpert(Expert):
         results = []
         for item in batch:
             image = _check_image(item)
-            results.append(to_lines(self.run_engine(to_bgr(image)), item.width, item.height, self.score_threshold))
+            results.append(
+                to_lines(self.run_engine(to_bgr(image)), item.width, item.height, self.score_threshold)
+            )
         return results
 
 
@@ -271,21 +301,30 @@ class _RapidOcrBase(_OcrExpert):
         try:
             module = importlib.import_module(package)
         except ImportError as err:
-            raise UserError(f"ocr backend '{self.backend}' needs the '{package.replace('_', '-')}' package, which "
-                            f"is not importable ({err}); reinstall moai-forge.") from err
+            raise UserError(
+                f"ocr backend '{self.backend}' needs the '{package.replace('_', '-')}' package, which "
+                f"is not importable ({err}); reinstall moai-forge."
+            ) from err
         return Path(module.__file__).resolve().parent
 
     def model_files(self) -> dict[str, Path]:
         files = {}
         for role in self.roles():
             configured = self.config.get(f"{role}_model")
-            path = (Path(str(configured)).expanduser() if configured
-                    else self.package_dir() / "models" / SHIPPED_MODELS[self.backend][role])
+            path = (
+                Path(str(configured)).expanduser()
+                if configured
+                else self.package_dir() / "models" / SHIPPED_MODELS[self.backend][role]
+            )
             if not path.is_file():
-                where = "given as" if configured else f"shipped inside the {PACKAGES[self.backend]} package at"
-                raise WeightsError(f"ocr: the {role} model {where} {path} does not exist. This expert never "
-                                   "downloads models: reinstall the package, or give an existing .onnx file as "
-                                   f"`{role}_model`.")
+                where = (
+                    "given as" if configured else f"shipped inside the {PACKAGES[self.backend]} package at"
+                )
+                raise WeightsError(
+                    f"ocr: the {role} model {where} {path} does not exist. This expert never "
+                    "downloads models: reinstall the package, or give an existing .onnx file as "
+                    f"`{role}_model`."
+                )
             files[role] = path
         return files
 
@@ -369,7 +408,9 @@ class RapidOcrOnnxruntimeExpert(_RapidOcrBase):
             "intra_op_num_threads": intra_op_threads(self.threads),
             "det_model_path": str(files["det"]),
             "rec_model_path": str(files["rec"]),
-            "det_use_cuda": cuda, "rec_use_cuda": cuda, "cls_use_cuda": cuda,
+            "det_use_cuda": cuda,
+            "rec_use_cuda": cuda,
+            "cls_use_cuda": cuda,
         }
         if "cls" in files:
             params["cls_model_path"] = str(files["cls"])
@@ -381,8 +422,11 @@ class RapidOcrOnnxruntimeExpert(_RapidOcrBase):
         return RapidOCR(**self.engine_params())
 
     def sessions(self) -> dict[str, Any]:
-        wrappers = {"det": self.engine.text_det.infer, "cls": self.engine.text_cls.infer,
-                    "rec": self.engine.text_rec.session}
+        wrappers = {
+            "det": self.engine.text_det.infer,
+            "cls": self.engine.text_cls.infer,
+            "rec": self.engine.text_rec.session,
+        }
         return {role: wrappers[role].session for role in self.roles()}
 
     def run_engine(self, bgr: np.ndarray) -> list[tuple[str, float, Any]]:
@@ -398,9 +442,11 @@ def import_paddleocr():
     try:
         return importlib.import_module("paddleocr")
     except ImportError as err:
-        raise UserError(f"ocr backend 'paddleocr' needs the PaddleOCR package, which is not installed ({err}). "
-                        f"Install the extra with `{PADDLE_EXTRA}` (it pins numpy<2.4), or use the default "
-                        "backend 'rapidocr', which runs the same PP-OCR models through onnxruntime.") from err
+        raise UserError(
+            f"ocr backend 'paddleocr' needs the PaddleOCR package, which is not installed ({err}). "
+            f"Install the extra with `{PADDLE_EXTRA}` (it pins numpy<2.4), or use the default "
+            "backend 'rapidocr', which runs the same PP-OCR models through onnxruntime."
+        ) from err
 
 
 class PaddleOcrExpert(_OcrExpert):
@@ -415,8 +461,10 @@ class PaddleOcrExpert(_OcrExpert):
     def model_files(self) -> dict[str, Path]:
         missing = [f"{role}_model" for role in self.roles() if not self.config.get(f"{role}_model")]
         if missing:
-            raise WeightsError(f"ocr backend 'paddleocr' needs local PaddleOCR inference-model folders: set "
-                               f"{missing} (PaddleOCR's own download does not work offline).")
+            raise WeightsError(
+                f"ocr backend 'paddleocr' needs local PaddleOCR inference-model folders: set "
+                f"{missing} (PaddleOCR's own download does not work offline)."
+            )
         files = {role: Path(str(self.config[f"{role}_model"])).expanduser() for role in self.roles()}
         for role, path in files.items():
             if not path.is_dir():

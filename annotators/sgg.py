@@ -133,7 +133,9 @@ class SceneGraphSettings:
 
 _RULE_KEYS = {f.name for f in fields(GeometryRules)}
 _SETTING_KEYS = {f.name for f in fields(SceneGraphSettings)} - {"rules"}
-GEOMETRIC_KEYS = frozenset({"backend", "model", "enabled"} | _SETTING_KEYS | _RULE_KEYS)  # enabled: profile switch
+GEOMETRIC_KEYS = frozenset(
+    {"backend", "model", "enabled"} | _SETTING_KEYS | _RULE_KEYS
+)  # enabled: profile switch
 
 
 def resolve_settings(config: Mapping[str, Any], *, strict: bool = True) -> SceneGraphSettings:
@@ -210,8 +212,10 @@ def decode_mask_crop(rle: Mapping[str, Any] | None) -> tuple[np.ndarray, tuple[i
     from pycocotools import mask as mask_utils
 
     counts = rle["counts"]
-    coco = {"size": [int(v) for v in rle["size"]],
-            "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    coco = {
+        "size": [int(v) for v in rle["size"]],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
     mask = mask_utils.decode(coco).astype(bool)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -318,8 +322,12 @@ def _shared_window(a: Entity, b: Entity) -> tuple[slice, slice, slice, slice] | 
     x2, y2 = min(int(a.box[2]), int(b.box[2])), min(int(a.box[3]), int(b.box[3]))
     if x2 <= x1 or y2 <= y1:
         return None
-    return (slice(y1 - ay1, y2 - ay1), slice(x1 - ax1, x2 - ax1),
-            slice(y1 - by1, y2 - by1), slice(x1 - bx1, x2 - bx1))
+    return (
+        slice(y1 - ay1, y2 - ay1),
+        slice(x1 - ax1, x2 - ax1),
+        slice(y1 - by1, y2 - by1),
+        slice(x1 - bx1, x2 - bx1),
+    )
 
 
 def containment(s: Entity, o: Entity) -> float:
@@ -410,7 +418,11 @@ def arrangement(s: Entity, o: Entity, rules: GeometryRules) -> tuple[str, float]
 def relate_pair(a: Entity, b: Entity, rules: GeometryRules) -> tuple[Entity, str, Entity, float]:
     """The one relation of an unordered pair: (subject, predicate, object, quality in [0, 1])."""
     figure, ground = figure_and_ground(a, b)
-    on = [(q, s, o) for s, o in ((figure, ground), (ground, figure)) if (q := on_quality(s, o, rules)) is not None]
+    on = [
+        (q, s, o)
+        for s, o in ((figure, ground), (ground, figure))
+        if (q := on_quality(s, o, rules)) is not None
+    ]
     if on:
         q, s, o = max(on, key=lambda t: t[0])
         return s, "on", o, q
@@ -433,9 +445,11 @@ def geometric_relations(entities: Sequence[Entity], settings: SceneGraphSettings
     """One relation per pair of objects, best first, at most `max_relations`."""
     relations = []
     for i, a in enumerate(entities):
-        for b in entities[i + 1:]:
+        for b in entities[i + 1 :]:
             s, predicate, o, q = relate_pair(a, b, settings.rules)
-            relations.append(Relation(s.entity_id, s.name, predicate, o.entity_id, o.name, round(0.5 + 0.5 * q, 4)))
+            relations.append(
+                Relation(s.entity_id, s.name, predicate, o.entity_id, o.name, round(0.5 + 0.5 * q, 4))
+            )
     return sort_and_cap(relations, settings.max_relations)
 
 
@@ -469,8 +483,10 @@ class PluginBackend:
         self.model.load()
         sha = str(self.model.weights_sha256())
         if sha != RANDOM_INIT and not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise UserError(f"sgg plugin {self.entry!r}: weights_sha256() gave {sha!r}; expected a sha256 hex "
-                            f"digest or {RANDOM_INIT!r}.")
+            raise UserError(
+                f"sgg plugin {self.entry!r}: weights_sha256() gave {sha!r}; expected a sha256 hex "
+                f"digest or {RANDOM_INIT!r}."
+            )
         self._sha = sha
 
     def weights_sha256(self) -> str:
@@ -493,7 +509,9 @@ class PluginBackend:
         rel = _as_record(Relation, raw)
         score = float(rel.score)
         if not 0.0 <= score <= 1.0 or not rel.predicate:
-            raise ValueError(f"sgg plugin returned an invalid relation {rel!r} (score in [0, 1], a predicate)")
+            raise ValueError(
+                f"sgg plugin returned an invalid relation {rel!r} (score in [0, 1], a predicate)"
+            )
         subject = rel.subject or names.get(int(rel.subject_id), "")
         obj = rel.object or names.get(int(rel.object_id), "")
         return Relation(int(rel.subject_id), subject, str(rel.predicate), int(rel.object_id), obj, score)
@@ -511,8 +529,14 @@ def plugin_names(item: ImageInput) -> dict[int, str]:
         entities = []
         for seg in segments:
             x, y, w, h = (float(v) for v in _get(seg, "bbox", [0, 0, 0, 0]))
-            entities.append(Entity(int(_get(seg, "segment_id")), object_label(seg), float(_get(seg, "score", 0.0)),
-                                   (x, y, x + w, y + h)))
+            entities.append(
+                Entity(
+                    int(_get(seg, "segment_id")),
+                    object_label(seg),
+                    float(_get(seg, "score", 0.0)),
+                    (x, y, x + w, y + h),
+                )
+            )
     else:
         entities = entities_from_detections(item.upstream.get("detection") or [], everything)
     number_labels(entities)
@@ -533,7 +557,9 @@ class SceneGraphExpert(Expert):
         self.config.setdefault("backend", "geometric")  # so {} and the explicit default hash alike
         self.backend_name = str(self.config["backend"])
         if self.backend_name not in ("geometric", "plugin"):
-            raise UserError(f"sgg backend {self.backend_name!r} is unknown; expected 'geometric' or 'plugin'.")
+            raise UserError(
+                f"sgg backend {self.backend_name!r} is unknown; expected 'geometric' or 'plugin'."
+            )
         plugin = self.backend_name == "plugin"
         self.settings = resolve_settings(self.config, strict=not plugin)
         self.plugin = PluginBackend(self.config) if plugin else None

@@ -102,8 +102,14 @@ def _strict_bool(value: Any) -> bool:
     return bool(value)
 
 
-_COERCE = {"segmentation_threshold": float, "detection_threshold": float, "sgg_top_k": int,
-           "sgg_threshold": float, "ocr_threshold": float, "include_unlabeled": _strict_bool}
+_COERCE = {
+    "segmentation_threshold": float,
+    "detection_threshold": float,
+    "sgg_top_k": int,
+    "sgg_threshold": float,
+    "ocr_threshold": float,
+    "include_unlabeled": _strict_bool,
+}
 DEFAULT_CONFIG = VerbalizeConfig()
 
 
@@ -122,8 +128,13 @@ class AuxText:
 
     def columns(self) -> dict[str, str]:
         """The text columns of the warehouse's `aux_text` table."""
-        return {"text": self.text, "segmentation_text": self.segmentation, "detection_text": self.detection,
-                "sgg_text": self.sgg, "ocr_text": self.ocr}
+        return {
+            "text": self.text,
+            "segmentation_text": self.segmentation,
+            "detection_text": self.detection,
+            "sgg_text": self.sgg,
+            "ocr_text": self.ocr,
+        }
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -159,8 +170,12 @@ def format_coordinate(value: float, size: float) -> str:
 def format_box(box: Sequence[float], width: float, height: float) -> str:
     """Pixel [x1, y1, x2, y2] -> "[0.12, 0.30, 0.55, 0.98]"."""
     x1, y1, x2, y2 = box
-    coordinates = (format_coordinate(x1, width), format_coordinate(y1, height),
-                   format_coordinate(x2, width), format_coordinate(y2, height))
+    coordinates = (
+        format_coordinate(x1, width),
+        format_coordinate(y1, height),
+        format_coordinate(x2, width),
+        format_coordinate(y2, height),
+    )
     return "[" + ", ".join(coordinates) + "]"
 
 
@@ -178,7 +193,9 @@ def join_sentences(sentences: Iterable[str]) -> str:
 def _objects_sentence(objects: list[tuple[float, list[float], str]], width: float, height: float) -> str:
     """(score, [x1, y1, x2, y2], label) items, best score first, ties by position then label."""
     objects.sort(key=lambda o: (-_f32(o[0]), *(_f32(v) for v in o[1]), o[2]))
-    return sentence(OBJECTS_PREFIX, [f"{format_box(box, width, height)} {label}" for _, box, label in objects])
+    return sentence(
+        OBJECTS_PREFIX, [f"{format_box(box, width, height)} {label}" for _, box, label in objects]
+    )
 
 
 def segment_box(segment: Any) -> list[float]:
@@ -187,8 +204,9 @@ def segment_box(segment: Any) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def verbalize_segments(segments: Iterable[Any], width: float, height: float,
-                       config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
+def verbalize_segments(
+    segments: Iterable[Any], width: float, height: float, config: VerbalizeConfig = DEFAULT_CONFIG
+) -> str:
     objects = []
     for seg in segments:
         label = clean_label(_get(seg, "label", ""))
@@ -199,18 +217,29 @@ def verbalize_segments(segments: Iterable[Any], width: float, height: float,
     return _objects_sentence(objects, width, height)
 
 
-def verbalize_detections(detections: Iterable[Any], width: float, height: float,
-                         config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
-    objects = [(_get(d, "score", 0.0), [_f32(v) for v in _get(d, "box")], str(_get(d, "label", "")))
-               for d in detections if passes(_get(d, "score", 0.0), config.detection_threshold)]
+def verbalize_detections(
+    detections: Iterable[Any], width: float, height: float, config: VerbalizeConfig = DEFAULT_CONFIG
+) -> str:
+    objects = [
+        (_get(d, "score", 0.0), [_f32(v) for v in _get(d, "box")], str(_get(d, "label", "")))
+        for d in detections
+        if passes(_get(d, "score", 0.0), config.detection_threshold)
+    ]
     return _objects_sentence(objects, width, height)
 
 
 def verbalize_relations(relations: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
     """MoAI's PSGTR filter: the top-k relations by score, then those scoring >= the threshold."""
-    ranked = sorted(relations, key=lambda r: (-_f32(_get(r, "score", 0.0)), int(_get(r, "subject_id", 0)),
-                                              int(_get(r, "object_id", 0)), str(_get(r, "predicate", ""))))
-    kept = [r for r in ranked[:config.sgg_top_k] if passes(_get(r, "score", 0.0), config.sgg_threshold)]
+    ranked = sorted(
+        relations,
+        key=lambda r: (
+            -_f32(_get(r, "score", 0.0)),
+            int(_get(r, "subject_id", 0)),
+            int(_get(r, "object_id", 0)),
+            str(_get(r, "predicate", "")),
+        ),
+    )
+    kept = [r for r in ranked[: config.sgg_top_k] if passes(_get(r, "score", 0.0), config.sgg_threshold)]
     items = [f"{_get(r, 'subject')} is {_get(r, 'predicate')} {_get(r, 'object')}" for r in kept]
     return sentence(RELATIONS_PREFIX, items)
 
@@ -244,8 +273,12 @@ def verbalize_ocr(lines: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG
     return sentence(TEXT_PREFIX, [t for t in texts if t])
 
 
-def verbalize(records: Mapping[str, Iterable[Any]], width: float, height: float,
-              config: VerbalizeConfig = DEFAULT_CONFIG) -> AuxText:
+def verbalize(
+    records: Mapping[str, Iterable[Any]],
+    width: float,
+    height: float,
+    config: VerbalizeConfig = DEFAULT_CONFIG,
+) -> AuxText:
     """All four sentences of one image from its records, keyed by expert name.
 
     records: {"segmentation": [...], "detection": [...], "sgg": [...], "ocr": [...]}; a missing

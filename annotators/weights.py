@@ -55,7 +55,9 @@ def _download(url: str, target: Path, expected_sha256: str | None, timeout: floa
         tmp.unlink(missing_ok=True)
 
 
-def resolve_weights(spec: Mapping[str, Any], *, allow_download: bool | None = None, timeout: float = 30.0) -> Path:
+def resolve_weights(
+    spec: Mapping[str, Any], *, allow_download: bool | None = None, timeout: float = 30.0
+) -> Path:
     """Return a local, verified path for the weight file described by `spec`."""
     file_name = spec.get("file") or (Path(spec["path"]).name if spec.get("path") else None)
     if not file_name:

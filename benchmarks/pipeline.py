@@ -60,18 +60,23 @@ def run(copies: int = 2, profile_name: str = "shared-onnx", out_dir: Path = Path
 
         naive_s, model_seconds = naive_loop(corpus, profile)
         pure = sum(model_seconds.values())
-        job = JobSpec(dataset="bench", profile=profile_name, allow_random_weights=True, batch_size=2,
-                      commit_every=16)
+        job = JobSpec(
+            dataset="bench", profile=profile_name, allow_random_weights=True, batch_size=2, commit_every=16
+        )
         start = time.perf_counter()
         run_annotation(corpus, profile, job, Warehouse(work / "wh"), executor="ray")
         job_s = time.perf_counter() - start
         ray.shutdown()
         report = {
-            "benchmark": "pipeline", "profile": profile_name, "images": n, "cpus": os.cpu_count(),
-            "naive_seconds": round(naive_s, 2), "job_seconds": round(job_s, 2),
+            "benchmark": "pipeline",
+            "profile": profile_name,
+            "images": n,
+            "cpus": os.cpu_count(),
+            "naive_seconds": round(naive_s, 2),
+            "job_seconds": round(job_s, 2),
             "speedup_job_over_naive": round(naive_s / job_s, 3),
-            "pure_model_seconds": round(pure, 2), "model_seconds_by_expert": {k: round(v, 2) for k, v in
-                                                                              model_seconds.items()},
+            "pure_model_seconds": round(pure, 2),
+            "model_seconds_by_expert": {k: round(v, 2) for k, v in model_seconds.items()},
             "job_overhead_over_pure_model_time": round(job_s / pure - 1, 3),
             "goals": {"speedup": 1.5, "overhead": 0.15},
         }

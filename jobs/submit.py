@@ -17,8 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", "data", "outputs", ".git", "**/__pycache__", "*.egg-info"]
 
 
-def submit(address: str, annotate_args: list[str], upload: bool = True, env: dict | None = None,
-           timeout_s: float = 3600.0, poll_s: float = 1.0) -> tuple[str, str, str]:
+def submit(
+    address: str,
+    annotate_args: list[str],
+    upload: bool = True,
+    env: dict | None = None,
+    timeout_s: float = 3600.0,
+    poll_s: float = 1.0,
+) -> tuple[str, str, str]:
     """Returns (job id, final status, logs)."""
     from ray.job_submission import JobSubmissionClient
 
@@ -27,8 +33,7 @@ def submit(address: str, annotate_args: list[str], upload: bool = True, env: dic
     if upload:
         runtime_env.update(working_dir=str(REPO), excludes=EXCLUDES)
     entrypoint = " ".join([sys.executable, "-m", "jobs.entrypoint", *annotate_args])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                               entrypoint_num_cpus=0)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, entrypoint_num_cpus=0)
     deadline = time.monotonic() + timeout_s
     while True:
         status = client.get_job_status(job_id)
@@ -40,9 +45,13 @@ def submit(address: str, annotate_args: list[str], upload: bool = True, env: dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default="http://127.0.0.1:8265", help="the cluster's dashboard/job address")
+    parser.add_argument(
+        "--address", default="http://127.0.0.1:8265", help="the cluster's dashboard/job address"
+    )
     parser.add_argument("--no-upload", action="store_true", help="the cluster shares this file system")
-    parser.add_argument("annotate_args", nargs=argparse.REMAINDER, help="arguments for moai annotate (after --)")
+    parser.add_argument(
+        "annotate_args", nargs=argparse.REMAINDER, help="arguments for moai annotate (after --)"
+    )
     args = parser.parse_args(argv)
     annotate_args = [a for a in args.annotate_args if a != "--"]
     job_id, status, logs = submit(args.address, annotate_args, upload=not args.no_upload)

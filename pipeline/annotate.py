@@ -1,7 +1,7 @@
 """`moai annotate`: plan what is missing, run the experts, verbalize, commit exactly once.
 
-    corpus → plan (skip committed keys) → decode → detection → segmentation → sgg → ocr
-           → verbalize → commit (atomic, every `commit_every` images) → runs row + summary
+corpus → plan (skip committed keys) → decode → detection → segmentation → sgg → ocr
+       → verbalize → commit (atomic, every `commit_every` images) → runs row + summary
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from annotators.base import EXPERT_NAMES
 from pipeline.corpus import resolve_corpus
 from pipeline.errors import UserError
-from pipeline.profiles import UPSTREAM, JobSpec, Profile, load_job, load_profile, plan_hashes
+from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
 from pipeline.stages import new_row
 from warehouse.rows import DECODE_KEY, ROW_BUILDERS, records_from_table_row, table_rows_for
 from warehouse.store import Warehouse
@@ -38,10 +38,17 @@ class Plan:
 def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
     table = wh.query("SELECT image_id, expert, config_hash, status FROM done WHERE dataset = ?", [dataset])
     cols = table.to_pydict()
-    return {(i, e, h): s for i, e, h, s in zip(cols["image_id"], cols["expert"], cols["config_hash"], cols["status"])}
+    return {
+        (i, e, h): s
+        for i, e, h, s in zip(
+            cols["image_id"], cols["expert"], cols["config_hash"], cols["status"], strict=True
+        )
+    }
 
 
-def _stored_records(wh: Warehouse, dataset: str, name: str, plan_hash: str, image_ids: set[int]) -> dict[int, list]:
+def _stored_records(
+    wh: Warehouse, dataset: str, name: str, plan_hash: str, image_ids: set[int]
+) -> dict[int, list]:
     """Committed records of one expert config, for images that need them as upstream input."""
     if not image_ids:
         return {}
@@ -62,8 +69,15 @@ def aux_hash(verbalizer_hash: str, hashes: dict[str, str]) -> str:
     return config_hash({"verbalizer": verbalizer_hash, "experts": hashes})
 
 
-def make_plan(corpus, profile: Profile, hashes: dict[str, str], wh: Warehouse, aux_key: str,
-              limit: int | None = None, splits: list[str] | None = None) -> Plan:
+def make_plan(
+    corpus,
+    profile: Profile,
+    hashes: dict[str, str],
+    wh: Warehouse,
+    aux_key: str,
+    limit: int | None = None,
+    splits: list[str] | None = None,
+) -> Plan:
     ledger = _ledger(wh, corpus.name)
     rows, skipped, listed = [], 0, 0
     decode_done: set[int] = set()
@@ -87,11 +101,16 @@ def make_plan(corpus, profile: Profile, hashes: dict[str, str], wh: Warehouse, a
             if name not in todo:
                 needs_stored[name].add(ref.image_id)
         rows.append((ref, todo))
-    stored = {n: _stored_records(wh, corpus.name, n, hashes[n], ids) for n, ids in needs_stored.items()
-              if n in profile.experts}
+    stored = {
+        n: _stored_records(wh, corpus.name, n, hashes[n], ids)
+        for n, ids in needs_stored.items()
+        if n in profile.experts
+    }
     built = []
     for ref, todo in rows:
-        built.append(new_row(ref, todo, {n: stored[n][ref.image_id] for n in stored if ref.image_id in stored[n]}))
+        built.append(
+            new_row(ref, todo, {n: stored[n][ref.image_id] for n in stored if ref.image_id in stored[n]})
+        )
     return Plan(built, listed, skipped, decode_done)
 
 
@@ -124,8 +143,10 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         per = " ".join(f"{n}={self.counts[n]}" for n in self.experts)
-        return (f"[annotate] {self.done}/{self.total} images  {rate:.2f} img/s  ETA {eta:4.0f}s  "
-                f"{per}  errors={self.counts['errors']}")
+        return (
+            f"[annotate] {self.done}/{self.total} images  {rate:.2f} img/s  ETA {eta:4.0f}s  "
+            f"{per}  errors={self.counts['errors']}"
+        )
 
     def close(self) -> None:
         if self.tty:
@@ -142,8 +163,18 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0]}
-    for pkg in ("moai-forge", "torch", "ultralytics", "onnxruntime", "segment-anything", "rapidocr",
-                "rapidocr-onnxruntime", "ray", "duckdb", "pyarrow"):
+    for pkg in (
+        "moai-forge",
+        "torch",
+        "ultralytics",
+        "onnxruntime",
+        "segment-anything",
+        "rapidocr",
+        "rapidocr-onnxruntime",
+        "ray",
+        "duckdb",
+        "pyarrow",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -164,19 +195,36 @@ def annotate(args) -> int:
             "(PROFILE=...), or pass --allow-random-weights to accept random outputs (recorded in every row)."
         )
     if random_experts:
-        print(f"[annotate] NOTE: {', '.join(random_experts)} run with RANDOM-INIT weights (profile "
-              f"'{profile.name}'); their rows say weights_sha256='random-init'.", file=sys.stderr)
+        print(
+            f"[annotate] NOTE: {', '.join(random_experts)} run with RANDOM-INIT weights (profile "
+            f"'{profile.name}'); their rows say weights_sha256='random-init'.",
+            file=sys.stderr,
+        )
     executor = getattr(args, "executor", None) or os.environ.get("MOAI_EXECUTOR", "ray")
     if getattr(args, "commit_every", None):
         job.commit_every = args.commit_every
-    return run_annotation(corpus, profile, job, Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
-                          limit=args.limit, executor=executor)
+    return run_annotation(
+        corpus,
+        profile,
+        job,
+        Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
+        limit=args.limit,
+        executor=executor,
+    )
 
 
-def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, limit: int | None = None,
-                   executor: str = "ray", out=sys.stdout) -> int:
-    from pipeline.verbalize_step import verbalizer_hash
+def run_annotation(
+    corpus,
+    profile: Profile,
+    job: JobSpec,
+    wh: Warehouse,
+    *,
+    limit: int | None = None,
+    executor: str = "ray",
+    out=sys.stdout,
+) -> int:
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
+    from pipeline.verbalize_step import verbalizer_hash
 
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -185,13 +233,18 @@ def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, lim
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
     plan = make_plan(corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits)
-    print(f"[annotate] dataset={corpus.name} profile={profile.name} run={run_id}: {plan.listed} images listed, "
-          f"{plan.skipped} already done, {len(plan.rows)} to process", file=sys.stderr)
+    print(
+        f"[annotate] dataset={corpus.name} profile={profile.name} run={run_id}: {plan.listed} images listed, "
+        f"{plan.skipped} already done, {len(plan.rows)} to process",
+        file=sys.stderr,
+    )
     for row in plan.rows:
         row["run_id"] = run_id
     needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
-    specs = [StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1),
-                       0.25, job.gpus.get(n, 0.0)) for n in needed]
+    specs = [
+        StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1), 0.25, job.gpus.get(n, 0.0))
+        for n in needed
+    ]
 
     counts: Counter = Counter()
     seconds: Counter = Counter()
@@ -217,14 +270,32 @@ def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, lim
             tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
             if not row["decode_reason"]:
                 tables.setdefault("aux_text", []).append(
-                    {**_verbalize(row, profile), "dataset": row["dataset"], "image_id": row["image_id"],
-                     "run_id": run_id, "verbalizer_hash": vhash, "config_hash": aux_key,
-                     "random_init": any(json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256")
-                                        == "random-init" for n in EXPERT_NAMES) or
-                     any(profile.experts[n].get("weights") == "random-init" for n in profile.experts)})
-                tables["done"].append({"dataset": row["dataset"], "image_id": row["image_id"], "expert": "aux",
-                                       "config_hash": aux_key, "status": "ok", "n_records": 1, "seconds": 0.0,
-                                       "run_id": run_id})
+                    {
+                        **_verbalize(row, profile),
+                        "dataset": row["dataset"],
+                        "image_id": row["image_id"],
+                        "run_id": run_id,
+                        "verbalizer_hash": vhash,
+                        "config_hash": aux_key,
+                        "random_init": any(
+                            json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256") == "random-init"
+                            for n in EXPERT_NAMES
+                        )
+                        or any(profile.experts[n].get("weights") == "random-init" for n in profile.experts),
+                    }
+                )
+                tables["done"].append(
+                    {
+                        "dataset": row["dataset"],
+                        "image_id": row["image_id"],
+                        "expert": "aux",
+                        "config_hash": aux_key,
+                        "status": "ok",
+                        "n_records": 1,
+                        "seconds": 0.0,
+                        "run_id": run_id,
+                    }
+                )
             for name in profile.experts:
                 if name in row["todo"].split(",") and not row["decode_reason"]:
                     counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
@@ -248,31 +319,56 @@ def run_annotation(corpus, profile: Profile, job: JobSpec, wh: Warehouse, *, lim
     elapsed = time.perf_counter() - start
     n_errors = counts["decode_errors"] + sum(counts[f"{n}_errors"] for n in EXPERT_NAMES)
     rate = len(plan.rows) / elapsed if elapsed > 0 and plan.rows else 0.0
-    wh.commit({"runs": [{
-        "run_id": run_id, "dataset": corpus.name, "profile": profile.name, "started_at": started,
-        "finished_at": datetime.now(timezone.utc), "images_listed": plan.listed,
-        "images_processed": len(plan.rows), "errors": n_errors, "images_per_s": rate,
-        "counts_json": json.dumps({**counts, **{f"{k}_model_seconds": round(v, 3) for k, v in seconds.items()}}),
-        "config_json": json.dumps({"profile": profile.experts, "verbalize": profile.verbalize,
-                                   "plan_hashes": hashes, "executor": executor, "job": job.__dict__}),
-        "versions_json": json.dumps(_versions()),
-        "random_init_experts": ",".join(sorted(n for n, r in random_by_expert.items() if r)),
-    }]})
+    wh.commit(
+        {
+            "runs": [
+                {
+                    "run_id": run_id,
+                    "dataset": corpus.name,
+                    "profile": profile.name,
+                    "started_at": started,
+                    "finished_at": datetime.now(timezone.utc),
+                    "images_listed": plan.listed,
+                    "images_processed": len(plan.rows),
+                    "errors": n_errors,
+                    "images_per_s": rate,
+                    "counts_json": json.dumps(
+                        {**counts, **{f"{k}_model_seconds": round(v, 3) for k, v in seconds.items()}}
+                    ),
+                    "config_json": json.dumps(
+                        {
+                            "profile": profile.experts,
+                            "verbalize": profile.verbalize,
+                            "plan_hashes": hashes,
+                            "executor": executor,
+                            "job": job.__dict__,
+                        }
+                    ),
+                    "versions_json": json.dumps(_versions()),
+                    "random_init_experts": ",".join(sorted(n for n, r in random_by_expert.items() if r)),
+                }
+            ]
+        }
+    )
     wh.compact()
     print_summary(out, corpus.name, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile)
     return 0
 
 
 def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile) -> None:
-    lines = [f"\nannotate {dataset}  run {run_id}",
-             f"  images: {plan.listed} listed, {plan.skipped} already done, {len(plan.rows)} processed "
-             f"in {elapsed:.1f}s ({len(plan.rows) / elapsed if elapsed and plan.rows else 0:.2f} img/s), "
-             f"{n_errors} errors",
-             f"  {'expert':<13}{'images':>8}{'errors':>8}{'ms/img':>9}  rows"]
+    lines = [
+        f"\nannotate {dataset}  run {run_id}",
+        f"  images: {plan.listed} listed, {plan.skipped} already done, {len(plan.rows)} processed "
+        f"in {elapsed:.1f}s ({len(plan.rows) / elapsed if elapsed and plan.rows else 0:.2f} img/s), "
+        f"{n_errors} errors",
+        f"  {'expert':<13}{'images':>8}{'errors':>8}{'ms/img':>9}  rows",
+    ]
     for name in profile.experts:
         table = ROW_BUILDERS[name][0]
         n = counts[f"{name}_images"]
         ms = 1000 * seconds[name] / max(n + counts[f"{name}_errors"], 1)
-        lines.append(f"  {name:<13}{n:>8}{counts[f'{name}_errors']:>8}{ms:>9.0f}  {counts[f'rows_{table}']} {table}")
-    lines.append(f"  warehouse: {wh.root}  (query it: make sql, or moai sql \"SELECT ...\")")
+        lines.append(
+            f"  {name:<13}{n:>8}{counts[f'{name}_errors']:>8}{ms:>9.0f}  {counts[f'rows_{table}']} {table}"
+        )
+    lines.append(f'  warehouse: {wh.root}  (query it: make sql, or moai sql "SELECT ...")')
     print("\n".join(lines), file=out)

@@ -46,8 +46,13 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 
     from warehouse.viz import viz
 
-    out = viz(args.dataset, args.image, Path(args.out) if args.out else None, args.warehouse or "outputs/warehouse",
-              min_score=args.min_score)
+    out = viz(
+        args.dataset,
+        args.image,
+        Path(args.out) if args.out else None,
+        args.warehouse or "outputs/warehouse",
+        min_score=args.min_score,
+    )
     print(out)
     return 0
 
@@ -75,10 +80,18 @@ def _cmd_verbalize(args: argparse.Namespace) -> int:
     from pipeline.reverbalize import reverbalize
     from warehouse.store import Warehouse
 
-    thresholds = {k: v for k, v in {
-        "segmentation_threshold": args.segmentation_threshold, "detection_threshold": args.detection_threshold,
-        "sgg_top_k": args.sgg_top_k, "sgg_threshold": args.sgg_threshold, "ocr_threshold": args.ocr_threshold,
-        "include_unlabeled": args.include_unlabeled or None}.items() if v is not None}
+    thresholds = {
+        k: v
+        for k, v in {
+            "segmentation_threshold": args.segmentation_threshold,
+            "detection_threshold": args.detection_threshold,
+            "sgg_top_k": args.sgg_top_k,
+            "sgg_threshold": args.sgg_threshold,
+            "ocr_threshold": args.ocr_threshold,
+            "include_unlabeled": args.include_unlabeled or None,
+        }.items()
+        if v is not None
+    }
     reverbalize(Warehouse(args.warehouse or "outputs/warehouse"), args.dataset, thresholds)
     return 0
 
@@ -105,11 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="expert profile (configs/profiles/<name>.yaml)")
     p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
     p.add_argument("--limit", type=int, default=None, help="annotate at most this many images")
-    p.add_argument("--allow-random-weights", action="store_true",
-                   help="let experts without pretrained weights run with random init (recorded per row)")
+    p.add_argument(
+        "--allow-random-weights",
+        action="store_true",
+        help="let experts without pretrained weights run with random init (recorded per row)",
+    )
     p.add_argument("--commit-every", type=int, default=None, help="images per warehouse commit (job default)")
-    p.add_argument("--executor", choices=["ray", "local"], default=None,
-                   help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)")
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        default=None,
+        help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)",
+    )
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("sql", help="query the warehouse: one statement, or an interactive read-only session")
@@ -148,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-unlabeled", action="store_true")
     p.set_defaults(func=_cmd_verbalize)
 
-    for name, issue in (
-                        ("generate", 5), ("eval", 6)):
+    for name, issue in (("generate", 5), ("eval", 6)):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_not_built(issue))

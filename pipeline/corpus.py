@@ -66,7 +66,9 @@ class Corpus:
         for split in splits or self.splits:
             image_dir = self.image_dir(split)
             if image_dir is None:
-                raise DatasetError(f"Dataset '{self.name}' has no image folder for split '{split}' under {self.root}.")
+                raise DatasetError(
+                    f"Dataset '{self.name}' has no image folder for split '{split}' under {self.root}."
+                )
             with open(self.annotations_file(split), encoding="utf-8") as f:
                 listing = json.load(f)
             for entry in listing.get("images", []):

@@ -81,8 +81,12 @@ def decode_image(path: str | Path, *, min_side: int = MIN_SIDE, max_pixels: int 
             raise DecodeError("not-an-image", f"{path.name} is not an image Pillow can identify") from None
         except OSError as err:
             raise DecodeError("unreadable", f"cannot open {path.name}: {err}") from None
-        except Exception as err:  # e.g. an optional format plugin (HEIF) another library registered is missing
-            raise DecodeError("not-an-image", f"{path.name}: no image reader accepts it ({type(err).__name__}: {err})") from None
+        except (
+            Exception
+        ) as err:  # e.g. an optional format plugin (HEIF) another library registered is missing
+            raise DecodeError(
+                "not-an-image", f"{path.name}: no image reader accepts it ({type(err).__name__}: {err})"
+            ) from None
         with im:
             width, height = im.size
             if width * height > max_pixels:
@@ -99,7 +103,9 @@ def decode_image(path: str | Path, *, min_side: int = MIN_SIDE, max_pixels: int 
                 im.seek(0)
                 im.load()
             except (OSError, SyntaxError, ValueError, EOFError) as err:
-                reason = "truncated" if "truncated" in str(err).lower() or isinstance(err, EOFError) else "corrupt"
+                reason = (
+                    "truncated" if "truncated" in str(err).lower() or isinstance(err, EOFError) else "corrupt"
+                )
                 raise DecodeError(reason, f"{path.name}: {err}") from None
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
             oriented = ImageOps.exif_transpose(im) if orientation not in (None, 1) else im

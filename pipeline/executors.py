@@ -27,7 +27,7 @@ def run_local(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> 
     """The naive baseline and the test executor: one process, stages one after another per batch."""
     stages = [ExpertStage(s.name, s.config, s.batch_size) for s in specs]
     for start in range(0, len(rows), batch_size):
-        batch = decode_rows(rows[start:start + batch_size])
+        batch = decode_rows(rows[start : start + batch_size])
         for stage in stages:
             batch = stage(batch)
         for row in batch:
@@ -55,9 +55,9 @@ def _decode_arrow(table):
 
 def init_ray(num_cpus: int | None = None) -> str:
     """Connect to RAY_ADDRESS when set, else start a local runtime. Returns a description."""
-    import ray
-
     import logging
+
+    import ray
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     if ray.is_initialized():
@@ -67,8 +67,12 @@ def init_ray(num_cpus: int | None = None) -> str:
     if address:
         ray.init(address=address, log_to_driver=False)
         return f"ray cluster at {address}"
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     return f"local ray runtime ({num_cpus or os.cpu_count()} CPUs)"
 
 

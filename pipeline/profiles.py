@@ -26,8 +26,12 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILES_DIR = REPO / "configs" / "profiles"
 JOBS_DIR = REPO / "jobs"
 UPSTREAM = {"detection": (), "segmentation": ("detection",), "sgg": ("detection", "segmentation"), "ocr": ()}
-EXPERT_VERSIONS_MODULE = {"detection": "annotators.detection", "segmentation": "annotators.segmentation",
-                          "sgg": "annotators.sgg", "ocr": "annotators.ocr"}
+EXPERT_VERSIONS_MODULE = {
+    "detection": "annotators.detection",
+    "segmentation": "annotators.segmentation",
+    "sgg": "annotators.sgg",
+    "ocr": "annotators.ocr",
+}
 
 
 @dataclass
@@ -78,7 +82,9 @@ def load_profile(name_or_path: str) -> Profile:
     experts = {k: _expand(v) for k, v in (raw.get("experts") or {}).items() if v and v.get("enabled", True)}
     unknown = set(experts) - set(EXPERT_NAMES)
     if unknown:
-        raise UserError(f"Profile {path} names unknown experts {sorted(unknown)}; known: {list(EXPERT_NAMES)}.")
+        raise UserError(
+            f"Profile {path} names unknown experts {sorted(unknown)}; known: {list(EXPERT_NAMES)}."
+        )
     for name in experts:
         missing = [u for u in UPSTREAM[name] if u not in experts]
         if missing:
@@ -135,11 +141,13 @@ def plan_hashes(profile: Profile) -> dict[str, str]:
         if name not in profile.experts:
             continue
         config = profile.experts[name]
-        hashes[name] = config_hash({
-            "expert": name,
-            "version": expert_version(name),
-            "config": config,
-            "files": _file_digests(config, {}),
-            "upstream": {u: hashes[u] for u in UPSTREAM[name]},
-        })
+        hashes[name] = config_hash(
+            {
+                "expert": name,
+                "version": expert_version(name),
+                "config": config,
+                "files": _file_digests(config, {}),
+                "upstream": {u: hashes[u] for u in UPSTREAM[name]},
+            }
+        )
     return hashes

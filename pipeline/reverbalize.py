@@ -25,40 +25,86 @@ def reverbalize(wh: Warehouse, dataset: str, thresholds: dict) -> int:
     records: dict[str, dict[int, list]] = {}
     for name, (table, _) in ROW_BUILDERS.items():
         chosen = latest_config(wh, table, dataset)
-        done = wh.query("SELECT config_hash FROM done WHERE dataset = ? AND expert = ? ORDER BY run_id DESC LIMIT 1",
-                        [dataset, name]).to_pylist()
+        done = wh.query(
+            "SELECT config_hash FROM done WHERE dataset = ? AND expert = ? ORDER BY run_id DESC LIMIT 1",
+            [dataset, name],
+        ).to_pylist()
         chosen = chosen or (done[0]["config_hash"] if done else None)
         if chosen is None:
             continue
         hashes[name] = chosen
         by_image: dict[int, list] = {}
-        for row in wh.query(f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ?", [dataset, chosen]).to_pylist():
+        for row in wh.query(
+            f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ?", [dataset, chosen]
+        ).to_pylist():
             by_image.setdefault(row["image_id"], []).append(row)
         order = {"detection": "det_index", "ocr": "line_index", "segmentation": "segment_id"}.get(name)
-        records[name] = {i: [records_from_table_row(name, r) for r in sorted(rows, key=lambda r: r.get(order) or 0)]
-                         for i, rows in by_image.items()}
-    images = wh.query("SELECT DISTINCT image_id, width, height FROM images WHERE dataset = ?", [dataset]).to_pylist()
+        records[name] = {
+            i: [records_from_table_row(name, r) for r in sorted(rows, key=lambda r: r.get(order) or 0)]
+            for i, rows in by_image.items()
+        }
+    images = wh.query(
+        "SELECT DISTINCT image_id, width, height FROM images WHERE dataset = ?", [dataset]
+    ).to_pylist()
     if not images:
-        raise UserError(f"The warehouse at {wh.root} has no images for dataset '{dataset}'; annotate it first.")
+        raise UserError(
+            f"The warehouse at {wh.root} has no images for dataset '{dataset}'; annotate it first."
+        )
     key = aux_hash(config.config_hash(), hashes)
-    existing = set(wh.query("SELECT image_id FROM done WHERE dataset = ? AND expert = 'aux' AND config_hash = ?",
-                            [dataset, key]).column("image_id").to_pylist())
+    existing = set(
+        wh.query(
+            "SELECT image_id FROM done WHERE dataset = ? AND expert = 'aux' AND config_hash = ?",
+            [dataset, key],
+        )
+        .column("image_id")
+        .to_pylist()
+    )
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    random_init = set(wh.query("SELECT DISTINCT image_id FROM detections WHERE dataset = ? AND weights_sha256 = "
-                               "'random-init' UNION SELECT DISTINCT image_id FROM segments WHERE dataset = ? AND "
-                               "weights_sha256 = 'random-init'", [dataset, dataset]).column("image_id").to_pylist())
+    random_init = set(
+        wh.query(
+            "SELECT DISTINCT image_id FROM detections WHERE dataset = ? AND weights_sha256 = "
+            "'random-init' UNION SELECT DISTINCT image_id FROM segments WHERE dataset = ? AND "
+            "weights_sha256 = 'random-init'",
+            [dataset, dataset],
+        )
+        .column("image_id")
+        .to_pylist()
+    )
     aux_rows, done_rows = [], []
     for image in images:
         image_id = image["image_id"]
         if image_id in existing:
             continue
-        text = verbalize({n: records[n].get(image_id, []) for n in records}, image["width"], image["height"], config)
-        aux_rows.append({"dataset": dataset, "image_id": image_id, "run_id": run_id, **text.columns(),
-                         "verbalizer_hash": config.config_hash(), "config_hash": key,
-                         "random_init": image_id in random_init})
-        done_rows.append({"dataset": dataset, "image_id": image_id, "expert": "aux", "config_hash": key,
-                          "status": "ok", "n_records": 1, "seconds": 0.0, "run_id": run_id})
+        text = verbalize(
+            {n: records[n].get(image_id, []) for n in records}, image["width"], image["height"], config
+        )
+        aux_rows.append(
+            {
+                "dataset": dataset,
+                "image_id": image_id,
+                "run_id": run_id,
+                **text.columns(),
+                "verbalizer_hash": config.config_hash(),
+                "config_hash": key,
+                "random_init": image_id in random_init,
+            }
+        )
+        done_rows.append(
+            {
+                "dataset": dataset,
+                "image_id": image_id,
+                "expert": "aux",
+                "config_hash": key,
+                "status": "ok",
+                "n_records": 1,
+                "seconds": 0.0,
+                "run_id": run_id,
+            }
+        )
     wh.commit({"aux_text": aux_rows, "done": done_rows})
-    print(f"verbalize {dataset}: {len(aux_rows)} new aux_text rows (version {key}), "
-          f"{len(existing)} already had it", file=sys.stderr)
+    print(
+        f"verbalize {dataset}: {len(aux_rows)} new aux_text rows (version {key}), "
+        f"{len(existing)} already had it",
+        file=sys.stderr,
+    )
     return len(aux_rows)

@@ -27,9 +27,20 @@ RECORD_TYPES = {"detection": Detection, "segmentation": Segment, "sgg": Relation
 
 def new_row(ref, todo: list[str], stored: dict[str, list[dict]] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "dataset": ref.dataset, "split": ref.split, "image_id": int(ref.image_id), "file_name": ref.file_name,
-        "path": str(ref.path), "todo": ",".join(todo), "pixels": b"", "width": 0, "height": 0,
-        "source_mode": "", "exif_rotated": False, "frames": 0, "decode_reason": "", "decode_message": "",
+        "dataset": ref.dataset,
+        "split": ref.split,
+        "image_id": int(ref.image_id),
+        "file_name": ref.file_name,
+        "path": str(ref.path),
+        "todo": ",".join(todo),
+        "pixels": b"",
+        "width": 0,
+        "height": 0,
+        "source_mode": "",
+        "exif_rotated": False,
+        "frames": 0,
+        "decode_reason": "",
+        "decode_message": "",
     }
     for name in EXPERT_NAMES:
         records = (stored or {}).get(name)
@@ -51,9 +62,14 @@ def decode_rows(rows: list[dict]) -> list[dict]:
             row["decode_reason"], row["decode_message"] = "decode-failed", f"{type(err).__name__}: {err}"
             continue
         image = decoded.image
-        row.update(pixels=image.tobytes(), height=int(image.shape[0]), width=int(image.shape[1]),
-                   source_mode=decoded.source_mode, exif_rotated=bool(decoded.exif_rotated),
-                   frames=int(decoded.frames))
+        row.update(
+            pixels=image.tobytes(),
+            height=int(image.shape[0]),
+            width=int(image.shape[1]),
+            source_mode=decoded.source_mode,
+            exif_rotated=bool(decoded.exif_rotated),
+            frames=int(decoded.frames),
+        )
     return rows
 
 
@@ -77,8 +93,9 @@ class ExpertStage:
         self.expert = make_expert(name, config)
         self.expert.load()
         identity = self.expert.identity
-        self.identity_json = json.dumps({"model": identity.model, "backend": identity.backend,
-                                         "weights_sha256": identity.weights_sha256})
+        self.identity_json = json.dumps(
+            {"model": identity.model, "backend": identity.backend, "weights_sha256": identity.weights_sha256}
+        )
 
     def __call__(self, rows: list[dict]) -> list[dict]:
         work = []
@@ -91,13 +108,16 @@ class ExpertStage:
                 continue
             work.append(row)
         for start in range(0, len(work), self.batch_size):
-            chunk = work[start:start + self.batch_size]
+            chunk = work[start : start + self.batch_size]
             inputs = [
-                ImageInput(row["image_id"], row_image(row),
-                           {u: records_from_json(u, row[f"{u}_records"]) for u in UPSTREAM[self.name]})
+                ImageInput(
+                    row["image_id"],
+                    row_image(row),
+                    {u: records_from_json(u, row[f"{u}_records"]) for u in UPSTREAM[self.name]},
+                )
                 for row in chunk
             ]
-            for row, output in zip(chunk, self.expert(inputs)):
+            for row, output in zip(chunk, self.expert(inputs), strict=True):
                 row[f"{self.name}_identity"] = self.identity_json
                 row[f"{self.name}_seconds"] = float(output.seconds)
                 if output.ok:

@@ -46,7 +46,9 @@ def _counts(wh: Warehouse) -> dict[str, int]:
 
 
 def _run(corpus, wh, profile=FAST, **kw):
-    job = JobSpec(dataset=corpus.name, profile="fast", allow_random_weights=True, batch_size=2, commit_every=3)
+    job = JobSpec(
+        dataset=corpus.name, profile="fast", allow_random_weights=True, batch_size=2, commit_every=3
+    )
     return run_annotation(corpus, load_profile(profile), job, wh, executor="local", **kw)
 
 
@@ -56,20 +58,34 @@ def test_every_file_is_annotated_or_an_error_never_both_and_reruns_add_nothing(t
     assert _run(corpus, wh) == 0
 
     annotated = set(wh.query("SELECT file_name FROM images").column("file_name").to_pylist())
-    failed = {r["file_name"]: r["reason"] for r in wh.query("SELECT file_name, reason FROM errors").to_pylist()}
+    failed = {
+        r["file_name"]: r["reason"] for r in wh.query("SELECT file_name, reason FROM errors").to_pylist()
+    }
     listed = {r.file_name for r in corpus.images()}
     assert annotated | set(failed) == listed and not annotated & set(failed)
     assert annotated == {"coffee.jpg", "bus.jpg", "page.jpg", "cmyk.jpg"}
-    assert failed == {"empty.jpg": "empty", "notes.png": "not-an-image", "truncated.jpg": "truncated",
-                      "dot.png": "too-small"}
+    assert failed == {
+        "empty.jpg": "empty",
+        "notes.png": "not-an-image",
+        "truncated.jpg": "truncated",
+        "dot.png": "too-small",
+    }
     # every expert ran once per good image, and every row says which weights made it
     done = wh.query("SELECT expert, count(*) AS n FROM done WHERE status = 'ok' GROUP BY 1").to_pylist()
-    assert {r["expert"]: r["n"] for r in done} == {e: 4 for e in ("decode", "detection", "segmentation", "sgg",
-                                                                  "ocr", "aux")}
-    assert wh.query("SELECT DISTINCT weights_sha256 FROM detections").to_pylist() == [{"weights_sha256": "random-init"}]
+    assert {r["expert"]: r["n"] for r in done} == {
+        e: 4 for e in ("decode", "detection", "segmentation", "sgg", "ocr", "aux")
+    }
+    assert wh.query("SELECT DISTINCT weights_sha256 FROM detections").to_pylist() == [
+        {"weights_sha256": "random-init"}
+    ]
     assert wh.query("SELECT bool_and(random_init) AS r FROM aux_text").to_pylist() == [{"r": True}]
-    page_text = " ".join(wh.query("SELECT text FROM ocr o JOIN images i USING (dataset, image_id) "
-                                  "WHERE i.file_name = 'page.jpg'").column("text").to_pylist())
+    page_text = " ".join(
+        wh.query(
+            "SELECT text FROM ocr o JOIN images i USING (dataset, image_id) WHERE i.file_name = 'page.jpg'"
+        )
+        .column("text")
+        .to_pylist()
+    )
     assert "segmentation" in page_text.lower()
 
     before = _counts(wh)
@@ -87,7 +103,9 @@ def test_a_changed_config_recomputes_only_that_expert(tmp_path, sample_image):
     wh = Warehouse(tmp_path / "wh")
     _run(corpus, wh)
     profile = tmp_path / "changed.yaml"
-    profile.write_text(Path(FAST).read_text().replace("backend: geometric", "backend: geometric\n    max_relations: 7"))
+    profile.write_text(
+        Path(FAST).read_text().replace("backend: geometric", "backend: geometric\n    max_relations: 7")
+    )
     before = wh.query("SELECT expert, count(*) AS n FROM done GROUP BY 1").to_pylist()
     _run(corpus, wh, profile=str(profile))
     after = wh.query("SELECT expert, count(*) AS n FROM done GROUP BY 1").to_pylist()
@@ -96,7 +114,9 @@ def test_a_changed_config_recomputes_only_that_expert(tmp_path, sample_image):
         delta[r["expert"]] -= r["n"]
     assert delta == {"decode": 0, "detection": 0, "segmentation": 0, "sgg": 2, "ocr": 0, "aux": 2}
     # the old rows stay, told apart by config_hash
-    assert wh.query("SELECT count(DISTINCT config_hash) AS n FROM done WHERE expert = 'sgg'").to_pylist() == [{"n": 2}]
+    assert wh.query("SELECT count(DISTINCT config_hash) AS n FROM done WHERE expert = 'sgg'").to_pylist() == [
+        {"n": 2}
+    ]
 
 
 def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sample_image):
@@ -107,9 +127,25 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
     root = tmp_path / "data"
     wh_dir = tmp_path / "wh"
     env = {**os.environ, "MOAI_DATA": str(root), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "annotate", "--dataset", "many", "--images", str(folder),
-           "--profile", FAST, "--warehouse", str(wh_dir), "--executor", "local", "--allow-random-weights",
-           "--commit-every", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "annotate",
+        "--dataset",
+        "many",
+        "--images",
+        str(folder),
+        "--profile",
+        FAST,
+        "--warehouse",
+        str(wh_dir),
+        "--executor",
+        "local",
+        "--allow-random-weights",
+        "--commit-every",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = wh_dir / "_manifest.json"
     deadline = time.monotonic() + 120

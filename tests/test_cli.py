@@ -13,8 +13,14 @@ from tests.conftest import REPO
 
 def moai(*args, env=None, cwd=None):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=120,
+    )
 
 
 def _assert_clean_failure(result):
@@ -39,8 +45,14 @@ def test_path_like_dataset_names_are_refused(name, tmp_path):
 
 
 def test_make_annotate_refuses_bad_names_too(tmp_path):
-    result = subprocess.run(["make", "-s", "annotate", "DATASET=../../etc"], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, "MOAI_DATA": str(tmp_path)}, timeout=300)
+    result = subprocess.run(
+        ["make", "-s", "annotate", "DATASET=../../etc"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MOAI_DATA": str(tmp_path)},
+        timeout=300,
+    )
     assert result.returncode != 0
     assert "Refusing dataset name" in result.stderr and "Traceback" not in result.stderr
 

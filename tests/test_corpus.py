@@ -45,7 +45,9 @@ def test_sample_build_is_idempotent_and_deterministic(tmp_path, sample_corpus):
     assert again.annotations_file("val2017").stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize("name", ["../../etc", "..", "a/b", "/etc", "Sample", "", "x" * 65, "name with space", ".hidden"])
+@pytest.mark.parametrize(
+    "name", ["../../etc", "..", "a/b", "/etc", "Sample", "", "x" * 65, "name with space", ".hidden"]
+)
 def test_bad_dataset_names_are_refused(name, tmp_path):
     with pytest.raises(DatasetError, match="Refusing dataset name"):
         resolve_corpus(name, root=tmp_path)
@@ -67,8 +69,11 @@ def test_coco_official_layout_is_read(tmp_path, monkeypatch, sample_corpus):
     (root / "annotations").mkdir()
     src = sample_corpus.image_dir("val2017") / "bus.jpg"
     (root / "val2017" / "000000000139.jpg").write_bytes(src.read_bytes())
-    listing = {"images": [{"id": 139, "file_name": "000000000139.jpg", "width": 810, "height": 1080}],
-               "annotations": [], "categories": []}
+    listing = {
+        "images": [{"id": 139, "file_name": "000000000139.jpg", "width": 810, "height": 1080}],
+        "annotations": [],
+        "categories": [],
+    }
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(listing))
     monkeypatch.setenv("COCO_ROOT", str(root))
     corpus = resolve_corpus("coco", root=tmp_path / "unused")

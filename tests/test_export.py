@@ -37,22 +37,34 @@ def real_run(tmp_path_factory, shared_models):
 
 def test_real_experts_find_what_is_in_the_photos(real_run):
     _, wh, _ = real_run
-    found = wh.query("SELECT i.file_name, d.label, max(d.score) AS s FROM detections d JOIN images i "
-                     "USING (dataset, image_id) GROUP BY ALL HAVING s >= 0.3").to_pylist()
+    found = wh.query(
+        "SELECT i.file_name, d.label, max(d.score) AS s FROM detections d JOIN images i "
+        "USING (dataset, image_id) GROUP BY ALL HAVING s >= 0.3"
+    ).to_pylist()
     found = {(r["file_name"], r["label"]) for r in found}
-    assert {("astronaut.jpg", "person"), ("coffee.jpg", "cup"), ("motorcycle_left.jpg", "motorcycle")} <= found
+    assert {
+        ("astronaut.jpg", "person"),
+        ("coffee.jpg", "cup"),
+        ("motorcycle_left.jpg", "motorcycle"),
+    } <= found
     things = wh.query("SELECT count(*) AS n FROM segments WHERE isthing").to_pylist()[0]["n"]
     assert things >= 4
-    aux = wh.query("SELECT text FROM aux_text a JOIN images i USING (dataset, image_id) "
-                   "WHERE i.file_name = 'astronaut.jpg'").to_pylist()[0]["text"]
-    assert aux.startswith("The image includes bounding box coordinates and their objects: ") and "person" in aux
-    assert wh.query("SELECT count(*) AS n FROM detections WHERE weights_sha256 = 'random-init'").to_pylist() == [{"n": 0}]
+    aux = wh.query(
+        "SELECT text FROM aux_text a JOIN images i USING (dataset, image_id) "
+        "WHERE i.file_name = 'astronaut.jpg'"
+    ).to_pylist()[0]["text"]
+    assert (
+        aux.startswith("The image includes bounding box coordinates and their objects: ") and "person" in aux
+    )
+    assert wh.query(
+        "SELECT count(*) AS n FROM detections WHERE weights_sha256 = 'random-init'"
+    ).to_pylist() == [{"n": 0}]
 
 
 def test_export_loads_in_pycocotools_and_evaluates(real_run):
+    from PIL import Image
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    from PIL import Image
 
     corpus, wh, tmp = real_run
     out = tmp / "export"
@@ -90,6 +102,8 @@ def test_viz_draws_the_stored_records(real_run, monkeypatch):
     monkeypatch.setenv("MOAI_DATA", str(tmp / "data"))
     out = viz("real", "coffee", tmp / "coffee.png", wh.root)
     drawn = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
-    original = np.asarray(Image.open(corpus.image_dir("default") / "coffee.jpg").convert("RGB"), dtype=np.int16)
+    original = np.asarray(
+        Image.open(corpus.image_dir("default") / "coffee.jpg").convert("RGB"), dtype=np.int16
+    )
     assert drawn.shape == original.shape
     assert (np.abs(drawn - original).sum(-1) > 60).mean() > 0.05  # masks and boxes visibly drawn

@@ -42,10 +42,13 @@ def three_photos(tmp_path, sample_image):
 
 def _records(wh: Warehouse) -> dict:
     return {
-        "detections": wh.query("SELECT i.file_name, label, round(score, 4) s, round(x1) x FROM detections "
-                               "JOIN images i USING (dataset, image_id) ORDER BY ALL").to_pylist(),
-        "ocr": wh.query("SELECT i.file_name, text FROM ocr JOIN images i USING (dataset, image_id) "
-                        "ORDER BY ALL").to_pylist(),
+        "detections": wh.query(
+            "SELECT i.file_name, label, round(score, 4) s, round(x1) x FROM detections "
+            "JOIN images i USING (dataset, image_id) ORDER BY ALL"
+        ).to_pylist(),
+        "ocr": wh.query(
+            "SELECT i.file_name, text FROM ocr JOIN images i USING (dataset, image_id) ORDER BY ALL"
+        ).to_pylist(),
         "aux": wh.query("SELECT image_id, text FROM aux_text ORDER BY ALL").to_pylist(),
         "errors": wh.query("SELECT file_name, stage, reason FROM errors ORDER BY ALL").to_pylist(),
     }
@@ -75,18 +78,48 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
     gcs, dashboard = _free_port(), _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Unix socket paths must stay short
     start = subprocess.run(
-        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--include-dashboard=true", "--num-cpus=4", "--disable-usage-stats",
-         f"--temp-dir={ray_tmp}"],
-        env=env, capture_output=True, text=True, timeout=180)
+        [
+            RAY,
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--num-cpus=4",
+            "--disable-usage-stats",
+            f"--temp-dir={ray_tmp}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        job_env = {"MOAI_DATA": str(tmp_path / "data"), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-        args = ["--dataset", "three", "--images", str(three_photos), "--profile", FAST, "--warehouse",
-                str(tmp_path / "wh"), "--executor", "ray", "--allow-random-weights"]
-        job_id, status, logs = submit(f"http://127.0.0.1:{dashboard}", args, upload=True, env=job_env,
-                                      timeout_s=240)
+        job_env = {
+            "MOAI_DATA": str(tmp_path / "data"),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+        }
+        args = [
+            "--dataset",
+            "three",
+            "--images",
+            str(three_photos),
+            "--profile",
+            FAST,
+            "--warehouse",
+            str(tmp_path / "wh"),
+            "--executor",
+            "ray",
+            "--allow-random-weights",
+        ]
+        job_id, status, logs = submit(
+            f"http://127.0.0.1:{dashboard}", args, upload=True, env=job_env, timeout_s=240
+        )
         assert status == "SUCCEEDED", logs[-3000:]
         assert "annotate three" in logs and "ray cluster at" in logs
         wh = Warehouse(tmp_path / "wh")

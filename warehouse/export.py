@@ -24,29 +24,38 @@ LABEL_TO_COCO_ID = {name: cid for cid, name, _ in COCO_CATEGORIES}
 
 
 def latest_config(wh: Warehouse, table: str, dataset: str) -> str | None:
-    rows = wh.query(f"SELECT config_hash FROM {table} WHERE dataset = ? ORDER BY run_id DESC LIMIT 1",
-                    [dataset]).to_pylist()
+    rows = wh.query(
+        f"SELECT config_hash FROM {table} WHERE dataset = ? ORDER BY run_id DESC LIMIT 1", [dataset]
+    ).to_pylist()
     return rows[0]["config_hash"] if rows else None
 
 
 def _rows(wh: Warehouse, table: str, dataset: str, config: str | None) -> list[dict]:
     if config is None:
         return []
-    return wh.query(f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ? ORDER BY image_id",
-                    [dataset, config]).to_pylist()
+    return wh.query(
+        f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ? ORDER BY image_id", [dataset, config]
+    ).to_pylist()
 
 
 def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     from PIL import Image
 
-    images = wh.query("SELECT image_id, file_name, width, height FROM images WHERE dataset = ? "
-                      "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY run_id DESC) = 1 "
-                      "ORDER BY image_id", [dataset]).to_pylist()
+    images = wh.query(
+        "SELECT image_id, file_name, width, height FROM images WHERE dataset = ? "
+        "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY run_id DESC) = 1 "
+        "ORDER BY image_id",
+        [dataset],
+    ).to_pylist()
     if not images:
-        raise UserError(f"The warehouse at {wh.root} has no images for dataset '{dataset}'; annotate it first.")
+        raise UserError(
+            f"The warehouse at {wh.root} has no images for dataset '{dataset}'; annotate it first."
+        )
     out.mkdir(parents=True, exist_ok=True)
-    image_entries = [{"id": i["image_id"], "file_name": i["file_name"], "width": i["width"], "height": i["height"]}
-                     for i in images]
+    image_entries = [
+        {"id": i["image_id"], "file_name": i["file_name"], "width": i["width"], "height": i["height"]}
+        for i in images
+    ]
     size = {i["image_id"]: (i["height"], i["width"]) for i in images}
     categories = coco_categories_json()
 
@@ -58,11 +67,22 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     for image_id, records in sorted(by_image.items()):
         for record in records:
             if record["isthing"] and record["category_id"] > 0:
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                    "category_id": record["category_id"], "segmentation": record["rle"],
-                                    "area": record["area"], "bbox": record["bbox"], "iscrowd": 0,
-                                    "score": record["score"]})
-    _write(out / "instances.json", {"images": image_entries, "annotations": annotations, "categories": categories})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": record["category_id"],
+                        "segmentation": record["rle"],
+                        "area": record["area"],
+                        "bbox": record["bbox"],
+                        "iscrowd": 0,
+                        "score": record["score"],
+                    }
+                )
+    _write(
+        out / "instances.json",
+        {"images": image_entries, "annotations": annotations, "categories": categories},
+    )
 
     results, skipped = [], 0
     for row in _rows(wh, "detections", dataset, latest_config(wh, "detections", dataset)):
@@ -70,9 +90,16 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
         if category is None:
             skipped += 1  # a label outside COCO's 80 (open-vocabulary or custom models)
             continue
-        results.append({"image_id": row["image_id"], "category_id": category, "score": round(row["score"], 5),
-                        "bbox": [round(v, 2) for v in (row["x1"], row["y1"], row["x2"] - row["x1"],
-                                                       row["y2"] - row["y1"])]})
+        results.append(
+            {
+                "image_id": row["image_id"],
+                "category_id": category,
+                "score": round(row["score"], 5),
+                "bbox": [
+                    round(v, 2) for v in (row["x1"], row["y1"], row["x2"] - row["x1"], row["y2"] - row["y1"])
+                ],
+            }
+        )
     _write(out / "detections.json", results)
 
     png_dir = out / "panoptic"
@@ -85,9 +112,17 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
         Image.fromarray(pixels).save(png_dir / name)
         panoptic.append({"image_id": image["id"], "file_name": name, "segments_info": info})
     panoptic_categories = [{**c, "isthing": 1} for c in categories]
-    _write(out / "panoptic.json", {"images": image_entries, "annotations": panoptic, "categories": panoptic_categories})
-    return {"images": len(image_entries), "instances": len(annotations), "detections": len(results),
-            "detections_skipped": skipped, "panoptic_pngs": len(panoptic)}
+    _write(
+        out / "panoptic.json",
+        {"images": image_entries, "annotations": panoptic, "categories": panoptic_categories},
+    )
+    return {
+        "images": len(image_entries),
+        "instances": len(annotations),
+        "detections": len(results),
+        "detections_skipped": skipped,
+        "panoptic_pngs": len(panoptic),
+    }
 
 
 def _write(path: Path, document) -> None:

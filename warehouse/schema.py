@@ -21,61 +21,145 @@ IDENTITY = [
 POLYGON = pa.list_(pa.list_(pa.float64()))
 
 TABLES: dict[str, pa.Schema] = {
-    "images": pa.schema([
-        ("dataset", pa.string()), ("split", pa.string()), ("image_id", pa.int64()),
-        ("file_name", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-        ("source_mode", pa.string()), ("exif_rotated", pa.bool_()), ("frames", pa.int32()),
-        ("run_id", pa.string()),
-    ]),
-    "detections": pa.schema(IDENTITY + [
-        ("det_index", pa.int32()), ("label", pa.string()), ("class_id", pa.int32()), ("score", pa.float32()),
-        ("x1", pa.float32()), ("y1", pa.float32()), ("x2", pa.float32()), ("y2", pa.float32()),
-    ]),
-    "segments": pa.schema(IDENTITY + [
-        ("segment_id", pa.int32()), ("label", pa.string()), ("category_id", pa.int32()), ("isthing", pa.bool_()),
-        ("area", pa.int64()), ("bbox_x", pa.float32()), ("bbox_y", pa.float32()), ("bbox_w", pa.float32()),
-        ("bbox_h", pa.float32()), ("rle_counts", pa.string()), ("rle_height", pa.int32()), ("rle_width", pa.int32()),
-        ("score", pa.float32()), ("predicted_iou", pa.float32()), ("stability_score", pa.float32()),
-    ]),
-    "relations": pa.schema(IDENTITY + [
-        ("subject_id", pa.int32()), ("subject", pa.string()), ("predicate", pa.string()),
-        ("object_id", pa.int32()), ("object", pa.string()), ("score", pa.float32()),
-    ]),
-    "ocr": pa.schema(IDENTITY + [
-        ("line_index", pa.int32()), ("text", pa.string()), ("score", pa.float32()), ("polygon", POLYGON),
-    ]),
-    "aux_text": pa.schema([
-        ("dataset", pa.string()), ("image_id", pa.int64()), ("run_id", pa.string()),
-        ("text", pa.string()), ("segmentation_text", pa.string()), ("detection_text", pa.string()),
-        ("sgg_text", pa.string()), ("ocr_text", pa.string()),
-        ("verbalizer_hash", pa.string()),  # thresholds etc.
-        ("config_hash", pa.string()),  # verbalizer hash + the four experts' config hashes
-        ("random_init", pa.bool_()),  # true when any contributing expert ran with random weights
-    ]),
-    "errors": pa.schema([
-        ("dataset", pa.string()), ("split", pa.string()), ("image_id", pa.int64()), ("file_name", pa.string()),
-        ("stage", pa.string()), ("reason", pa.string()), ("message", pa.string()),
-        ("config_hash", pa.string()), ("run_id", pa.string()),
-    ]),
+    "images": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("split", pa.string()),
+            ("image_id", pa.int64()),
+            ("file_name", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("source_mode", pa.string()),
+            ("exif_rotated", pa.bool_()),
+            ("frames", pa.int32()),
+            ("run_id", pa.string()),
+        ]
+    ),
+    "detections": pa.schema(
+        IDENTITY
+        + [
+            ("det_index", pa.int32()),
+            ("label", pa.string()),
+            ("class_id", pa.int32()),
+            ("score", pa.float32()),
+            ("x1", pa.float32()),
+            ("y1", pa.float32()),
+            ("x2", pa.float32()),
+            ("y2", pa.float32()),
+        ]
+    ),
+    "segments": pa.schema(
+        IDENTITY
+        + [
+            ("segment_id", pa.int32()),
+            ("label", pa.string()),
+            ("category_id", pa.int32()),
+            ("isthing", pa.bool_()),
+            ("area", pa.int64()),
+            ("bbox_x", pa.float32()),
+            ("bbox_y", pa.float32()),
+            ("bbox_w", pa.float32()),
+            ("bbox_h", pa.float32()),
+            ("rle_counts", pa.string()),
+            ("rle_height", pa.int32()),
+            ("rle_width", pa.int32()),
+            ("score", pa.float32()),
+            ("predicted_iou", pa.float32()),
+            ("stability_score", pa.float32()),
+        ]
+    ),
+    "relations": pa.schema(
+        IDENTITY
+        + [
+            ("subject_id", pa.int32()),
+            ("subject", pa.string()),
+            ("predicate", pa.string()),
+            ("object_id", pa.int32()),
+            ("object", pa.string()),
+            ("score", pa.float32()),
+        ]
+    ),
+    "ocr": pa.schema(
+        IDENTITY
+        + [
+            ("line_index", pa.int32()),
+            ("text", pa.string()),
+            ("score", pa.float32()),
+            ("polygon", POLYGON),
+        ]
+    ),
+    "aux_text": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("image_id", pa.int64()),
+            ("run_id", pa.string()),
+            ("text", pa.string()),
+            ("segmentation_text", pa.string()),
+            ("detection_text", pa.string()),
+            ("sgg_text", pa.string()),
+            ("ocr_text", pa.string()),
+            ("verbalizer_hash", pa.string()),  # thresholds etc.
+            ("config_hash", pa.string()),  # verbalizer hash + the four experts' config hashes
+            ("random_init", pa.bool_()),  # true when any contributing expert ran with random weights
+        ]
+    ),
+    "errors": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("split", pa.string()),
+            ("image_id", pa.int64()),
+            ("file_name", pa.string()),
+            ("stage", pa.string()),
+            ("reason", pa.string()),
+            ("message", pa.string()),
+            ("config_hash", pa.string()),
+            ("run_id", pa.string()),
+        ]
+    ),
     # Instruction / QA pairs for training and evaluation (imported from QA files, LLaVA JSON, COCO captions).
-    "instructions": pa.schema([
-        ("dataset", pa.string()), ("split", pa.string()), ("image_id", pa.int64()), ("source", pa.string()),
-        ("sample_id", pa.string()), ("turn", pa.int32()), ("type", pa.string()),
-        ("question", pa.string()), ("answer", pa.string()),
-    ]),
+    "instructions": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("split", pa.string()),
+            ("image_id", pa.int64()),
+            ("source", pa.string()),
+            ("sample_id", pa.string()),
+            ("turn", pa.int32()),
+            ("type", pa.string()),
+            ("question", pa.string()),
+            ("answer", pa.string()),
+        ]
+    ),
     # The exactly-once ledger: one row per (dataset, image_id, expert, config_hash) ever committed.
-    "done": pa.schema([
-        ("dataset", pa.string()), ("image_id", pa.int64()), ("expert", pa.string()),
-        ("config_hash", pa.string()), ("status", pa.string()), ("n_records", pa.int32()),
-        ("seconds", pa.float32()), ("run_id", pa.string()),
-    ]),
-    "runs": pa.schema([
-        ("run_id", pa.string()), ("dataset", pa.string()), ("profile", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")), ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("images_listed", pa.int64()), ("images_processed", pa.int64()), ("errors", pa.int64()),
-        ("images_per_s", pa.float64()), ("counts_json", pa.string()), ("config_json", pa.string()),
-        ("versions_json", pa.string()), ("random_init_experts", pa.string()),
-    ]),
+    "done": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("image_id", pa.int64()),
+            ("expert", pa.string()),
+            ("config_hash", pa.string()),
+            ("status", pa.string()),
+            ("n_records", pa.int32()),
+            ("seconds", pa.float32()),
+            ("run_id", pa.string()),
+        ]
+    ),
+    "runs": pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("dataset", pa.string()),
+            ("profile", pa.string()),
+            ("started_at", pa.timestamp("us", tz="UTC")),
+            ("finished_at", pa.timestamp("us", tz="UTC")),
+            ("images_listed", pa.int64()),
+            ("images_processed", pa.int64()),
+            ("errors", pa.int64()),
+            ("images_per_s", pa.float64()),
+            ("counts_json", pa.string()),
+            ("config_json", pa.string()),
+            ("versions_json", pa.string()),
+            ("random_init_experts", pa.string()),
+        ]
+    ),
 }
 
 EXPERT_TABLES = {"detection": "detections", "segmentation": "segments", "sgg": "relations", "ocr": "ocr"}

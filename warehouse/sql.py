@@ -74,8 +74,10 @@ def shell(wh: Warehouse) -> int:
         pass
     with tempfile.TemporaryDirectory() as tmp:
         con = read_only_connection(wh, tmp)
-        print(f"moai-forge warehouse at {wh.root} (read-only). Tables: {', '.join(TABLES)}.\n"
-              "End statements with ';'. .tables lists tables, .schema TABLE shows columns, .quit exits.")
+        print(
+            f"moai-forge warehouse at {wh.root} (read-only). Tables: {', '.join(TABLES)}.\n"
+            "End statements with ';'. .tables lists tables, .schema TABLE shows columns, .quit exits."
+        )
         buffer = ""
         while True:
             try:

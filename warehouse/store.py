@@ -131,12 +131,16 @@ class Warehouse:
             staging = self.root / "_staging" / commit_id
             placed: list[tuple[Path, Path]] = []
             for table, rows in tables.items():
-                data = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=TABLES[table])
+                data = (
+                    rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=TABLES[table])
+                )
                 if data.num_rows == 0:
                     continue
                 data = data.cast(TABLES[table])
                 for dataset in sorted(set(data.column("dataset").to_pylist())):
-                    part = data.filter(pa.compute.equal(data.column("dataset"), dataset)).drop_columns(["dataset"])
+                    part = data.filter(pa.compute.equal(data.column("dataset"), dataset)).drop_columns(
+                        ["dataset"]
+                    )
                     rel = Path(table) / f"dataset={dataset}" / f"part-{commit_id}.parquet"
                     tmp = staging / rel
                     tmp.parent.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,26 @@ from pipeline.errors import UserError
 from warehouse.rows import records_from_table_row
 from warehouse.store import Warehouse
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-           (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (0, 0, 128)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
+    (170, 255, 195),
+    (128, 128, 0),
+    (0, 0, 128),
+]
 
 
 def _latest(wh: Warehouse, table: str, name: str, dataset: str, image_id: int) -> list[dict]:
@@ -42,8 +59,14 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def render(image: np.ndarray, detections: list[dict], segments: list[dict], relations: list[dict],
-           ocr: list[dict], min_score: float = 0.0):
+def render(
+    image: np.ndarray,
+    detections: list[dict],
+    segments: list[dict],
+    relations: list[dict],
+    ocr: list[dict],
+    min_score: float = 0.0,
+):
     """Return a PIL image with every kind of record drawn on top of `image`."""
     from PIL import Image, ImageDraw
     from pycocotools import mask as mask_utils
@@ -86,31 +109,59 @@ def render(image: np.ndarray, detections: list[dict], segments: list[dict], rela
         right = tip - v / n * 10 * scale - np.array([-v[1], v[0]]) / n * 5 * scale
         draw.polygon([tuple(tip), tuple(left), tuple(right)], fill=(255, 255, 0))
         mid = (np.array(a) + np.array(b)) / 2
-        draw.text(tuple(mid), rel["predicate"], fill=(255, 255, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        draw.text(
+            tuple(mid), rel["predicate"], fill=(255, 255, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0)
+        )
     for line in ocr:
         polygon = [tuple(p) for p in line["polygon"]]
         if len(polygon) >= 3:
             draw.polygon(polygon, outline=(0, 255, 255), width=width)
-            draw.text((polygon[0][0], polygon[0][1] - 14 * scale), line["text"], fill=(0, 255, 255), font=font,
-                      stroke_width=1, stroke_fill=(0, 0, 0))
+            draw.text(
+                (polygon[0][0], polygon[0][1] - 14 * scale),
+                line["text"],
+                fill=(0, 255, 255),
+                font=font,
+                stroke_width=1,
+                stroke_fill=(0, 0, 0),
+            )
     return out
 
 
 def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path, min_score: float = 0.3) -> Path:
     wh = Warehouse(warehouse)
     corpus = resolve_corpus(dataset)
-    ref = next((r for r in corpus.images() if r.file_name == image or str(r.image_id) == image
-                or Path(r.file_name).stem == image), None)
+    ref = next(
+        (
+            r
+            for r in corpus.images()
+            if r.file_name == image or str(r.image_id) == image or Path(r.file_name).stem == image
+        ),
+        None,
+    )
     if ref is None:
         raise UserError(f"No image '{image}' in dataset '{dataset}' (give a file name, stem or image id).")
-    records = {name: _latest(wh, table, name, dataset, ref.image_id)
-               for name, table in (("detection", "detections"), ("segmentation", "segments"),
-                                   ("sgg", "relations"), ("ocr", "ocr"))}
+    records = {
+        name: _latest(wh, table, name, dataset, ref.image_id)
+        for name, table in (
+            ("detection", "detections"),
+            ("segmentation", "segments"),
+            ("sgg", "relations"),
+            ("ocr", "ocr"),
+        )
+    }
     if not any(records.values()):
-        raise UserError(f"The warehouse at {wh.root} holds no records for {dataset}/{ref.file_name}; "
-                        f"run `make annotate DATASET={dataset}` first.")
-    picture = render(decode_image(ref.path).image, records["detection"], records["segmentation"],
-                     records["sgg"], records["ocr"], min_score=min_score)
+        raise UserError(
+            f"The warehouse at {wh.root} holds no records for {dataset}/{ref.file_name}; "
+            f"run `make annotate DATASET={dataset}` first."
+        )
+    picture = render(
+        decode_image(ref.path).image,
+        records["detection"],
+        records["segmentation"],
+        records["sgg"],
+        records["ocr"],
+        min_score=min_score,
+    )
     out = out or Path("outputs") / "viz" / dataset / f"{Path(ref.file_name).stem}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     picture.save(out)

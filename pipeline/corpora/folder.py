@@ -53,8 +53,13 @@ def register_folder(name: str, folder: Path, root: Path) -> Corpus:
         known = {e["file_name"]: e for e in json.loads(listing.read_text(encoding="utf-8"))["images"]}
     next_id = max((e["id"] for e in known.values()), default=0) + 1
     images = []
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     for path in files:
         rel = path.relative_to(folder).as_posix()
         entry = known.get(rel)

@@ -23,7 +23,12 @@ SOURCES: list[tuple[str, str, str, str]] = [
     ("coffee", "skimage", "data/coffee.png", "a cup of coffee on a saucer with a spoon"),
     ("chelsea", "skimage", "data/chelsea.png", "a tabby cat"),
     ("motorcycle_left", "skimage", "data/motorcycle_left.png", "a motorcycle in a garage (left stereo view)"),
-    ("motorcycle_right", "skimage", "data/motorcycle_right.png", "a motorcycle in a garage (right stereo view)"),
+    (
+        "motorcycle_right",
+        "skimage",
+        "data/motorcycle_right.png",
+        "a motorcycle in a garage (right stereo view)",
+    ),
     ("rocket", "skimage", "data/rocket.jpg", "a rocket on its launch pad"),
     ("page", "skimage", "data/page.png", "a scanned page of printed text (grayscale)"),
     ("text", "skimage", "data/text.png", "hand-written and printed text on a card (grayscale)"),
@@ -49,7 +54,11 @@ def build_sample(root: Path) -> Corpus:
     corpus = Corpus("sample", root)
     listing = corpus.annotations_file(SPLIT)
     qa_file = root / "annotations" / f"qa_{SPLIT}.json"
-    if listing.is_file() and qa_file.is_file() and all((root / "images" / SPLIT / f"{stem}.jpg").is_file() for stem, *_ in SOURCES):
+    if (
+        listing.is_file()
+        and qa_file.is_file()
+        and all((root / "images" / SPLIT / f"{stem}.jpg").is_file() for stem, *_ in SOURCES)
+    ):
         return corpus
 
     from PIL import Image
@@ -66,13 +75,23 @@ def build_sample(root: Path) -> Corpus:
             tmp = target.with_suffix(".jpg.tmp")
             im.save(tmp, format="JPEG", quality=95)
             os.replace(tmp, target)
-            images.append({
-                "id": image_id, "file_name": target.name, "width": im.width, "height": im.height,
-                "license": 0, "source": f"{package}/{relative}", "description": description,
-            })
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": target.name,
+                    "width": im.width,
+                    "height": im.height,
+                    "license": 0,
+                    "source": f"{package}/{relative}",
+                    "description": description,
+                }
+            )
     document = {
-        "info": {"description": "moai-forge sample corpus: photos shipped inside scikit-image and ultralytics",
-                 "version": "1.0", "year": 2026},
+        "info": {
+            "description": "moai-forge sample corpus: photos shipped inside scikit-image and ultralytics",
+            "version": "1.0",
+            "year": 2026,
+        },
         "licenses": [{"id": 0, "name": "as distributed with the source package", "url": ""}],
         "images": images,
         "annotations": [],
@@ -88,8 +107,10 @@ def build_sample(root: Path) -> Corpus:
 def _write_qa(path: Path, ids: dict[str, int]) -> None:
     """A few questions per image, written by a person looking at the photos (not generated)."""
     source = json.loads((Path(__file__).with_name("sample_qa.json")).read_text(encoding="utf-8"))
-    qa = [{"image_id": ids[q["file_name"]], "type": q["type"], "question": q["question"], "answer": q["answer"]}
-          for q in source]
+    qa = [
+        {"image_id": ids[q["file_name"]], "type": q["type"], "question": q["question"], "answer": q["answer"]}
+        for q in source
+    ]
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(qa, indent=1), encoding="utf-8")
     os.replace(tmp, path)

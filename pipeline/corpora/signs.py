@@ -21,8 +21,14 @@ from pathlib import Path
 from pipeline.corpus import Corpus
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
-COLOURS = {"red": (200, 30, 30), "blue": (30, 70, 200), "green": (30, 140, 60), "yellow": (235, 200, 30),
-           "white": (245, 245, 245), "orange": (240, 130, 20)}
+COLOURS = {
+    "red": (200, 30, 30),
+    "blue": (30, 70, 200),
+    "green": (30, 140, 60),
+    "yellow": (235, 200, 30),
+    "white": (245, 245, 245),
+    "orange": (240, 130, 20),
+}
 TEXT_ON = {"yellow": (20, 20, 20), "white": (20, 20, 20)}  # dark text on light signs, white elsewhere
 CONSONANTS = "BDFGKLMNPRSTVZ"
 VOWELS = "AEIOU"
@@ -111,7 +117,7 @@ def _scene(rng: random.Random, split: str, cfg: SignsConfig):
     colours = rng.sample(sorted(COLOURS), n)
     slots = rng.sample(range(cfg.max_signs), n)  # horizontal slots keep signs from overlapping
     signs = []
-    for colour, slot in sorted(zip(colours, slots), key=lambda p: p[1]):
+    for colour, slot in sorted(zip(colours, slots, strict=True), key=lambda p: p[1]):
         number = rng.random() < 0.4
         text = _token(rng, split, number)
         font = ImageFont.truetype(_font_path(rng.choice(FONTS)), rng.randint(24, 40))
@@ -123,13 +129,20 @@ def _scene(rng: random.Random, split: str, cfg: SignsConfig):
         x0 = slot * slot_w + rng.randint(2, max(3, slot_w - sw - 2))
         y0 = rng.randint(10, max(11, h - sh - 70))
         sign = Image.new("RGBA", (sw, sh), COLOURS[colour] + (255,))
-        ImageDraw.Draw(sign).text((pad - left, pad - top), text, font=font,
-                                  fill=TEXT_ON.get(colour, (250, 250, 250)))
+        ImageDraw.Draw(sign).text(
+            (pad - left, pad - top), text, font=font, fill=TEXT_ON.get(colour, (250, 250, 250))
+        )
         sign = sign.rotate(rng.uniform(-8, 8), expand=True, resample=Image.BICUBIC)
         x0 = min(x0, w - sign.width - 1)
         image.paste(sign, (x0, y0), sign)
-        signs.append({"text": text, "colour": colour, "number": number,
-                      "box": [x0, y0, x0 + sign.width, y0 + sign.height]})
+        signs.append(
+            {
+                "text": text,
+                "colour": colour,
+                "number": number,
+                "box": [x0, y0, x0 + sign.width, y0 + sign.height],
+            }
+        )
     return image, signs
 
 
@@ -140,10 +153,20 @@ def questions_for(signs: list[dict], rng: random.Random) -> list[dict]:
         qa.append({"type": "read", "question": "What does the sign say?", "answer": signs[0]["text"]})
     sign = rng.choice(signs)
     kind = "number" if sign["number"] else "word"
-    qa.append({"type": "read_colour",
-               "question": f"What {kind} is on the {sign['colour']} sign?", "answer": sign["text"]})
-    qa.append({"type": "colour_of_text", "question": f"What colour is the sign that says {sign['text']}?",
-               "answer": sign["colour"]})
+    qa.append(
+        {
+            "type": "read_colour",
+            "question": f"What {kind} is on the {sign['colour']} sign?",
+            "answer": sign["text"],
+        }
+    )
+    qa.append(
+        {
+            "type": "colour_of_text",
+            "question": f"What colour is the sign that says {sign['text']}?",
+            "answer": sign["colour"],
+        }
+    )
     return qa
 
 
@@ -151,10 +174,12 @@ def build_signs(root: Path, cfg: SignsConfig = SignsConfig()) -> Corpus:
     corpus = Corpus("signs", root)
     stamp = root / "annotations" / "config.json"
     wanted = json.dumps(cfg.__dict__, sort_keys=True)
-    if stamp.is_file() and stamp.read_text() == wanted and all(
-            corpus.annotations_file(s).is_file() for s in SPLITS):
+    if (
+        stamp.is_file()
+        and stamp.read_text() == wanted
+        and all(corpus.annotations_file(s).is_file() for s in SPLITS)
+    ):
         return corpus
-    rng = random.Random(cfg.seed)
     counts = {s: round(cfg.images * share) for s, share in SPLITS.items()}
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     image_id = 0
@@ -171,12 +196,23 @@ def build_signs(root: Path, cfg: SignsConfig = SignsConfig()) -> Corpus:
             images.append({"id": image_id, "file_name": name, "width": cfg.width, "height": cfg.height})
             for k, s in enumerate(signs):
                 x1, y1, x2, y2 = s["box"]
-                annotations.append({"id": image_id * 10 + k, "image_id": image_id, "category_id": 1,
-                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                                    "iscrowd": 0, "text": s["text"], "colour": s["colour"]})
+                annotations.append(
+                    {
+                        "id": image_id * 10 + k,
+                        "image_id": image_id,
+                        "category_id": 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": 0,
+                        "text": s["text"],
+                        "colour": s["colour"],
+                    }
+                )
             qa.extend({"image_id": image_id, **q} for q in questions_for(signs, scene_rng))
-        _write_json(corpus.annotations_file(split), {"images": images, "annotations": annotations,
-                                                     "categories": [{"id": 1, "name": "sign"}]})
+        _write_json(
+            corpus.annotations_file(split),
+            {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "sign"}]},
+        )
         _write_json(root / "annotations" / f"qa_{split}.json", qa)
     stamp.write_text(wanted)
     return corpus
