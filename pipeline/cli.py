@@ -60,6 +60,13 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    if args.format == "run":
+        from trainer.export import export_run
+
+        if not args.run:
+            raise UserError("moai export run needs --run outputs/train/<run>")
+        print(export_run(args.run, args.out))
+        return 0
     from warehouse.export import export_coco
     from warehouse.store import Warehouse
 
@@ -93,6 +100,41 @@ def _cmd_verbalize(args: argparse.Namespace) -> int:
         if v is not None
     }
     reverbalize(Warehouse(args.warehouse or "outputs/warehouse"), args.dataset, thresholds)
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.corpus import resolve_corpus
+    from trainer.export import generate_answer, load_data_config, load_exported, load_tokenizer
+    from warehouse.store import Warehouse
+
+    corpus = resolve_corpus(args.dataset)
+    ref = next(
+        (r for r in corpus.images() if args.image in (r.file_name, Path(r.file_name).stem, str(r.image_id))),
+        None,
+    )
+    if ref is None:
+        raise UserError(f"No image '{args.image}' in dataset '{args.dataset}'.")
+    aux = (
+        Warehouse(args.warehouse or "outputs/warehouse")
+        .query(
+            "SELECT text FROM aux_text WHERE dataset = ? AND image_id = ? ORDER BY run_id DESC LIMIT 1",
+            [args.dataset, ref.image_id],
+        )
+        .to_pylist()
+    )
+    model = load_exported(args.model)
+    answer = generate_answer(
+        model,
+        args.question,
+        ref.path,
+        aux[0]["text"] if aux else "",
+        load_tokenizer(args.model),
+        load_data_config(args.model),
+    )
+    print(answer)
     return 0
 
 
@@ -148,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_viz)
 
     p = sub.add_parser("export", help="write the warehouse as COCO files (instances, detections, panoptic)")
-    p.add_argument("format", choices=["coco"])
+    p.add_argument(
+        "format", choices=["coco", "run"], help="coco: the warehouse as COCO files; run: a trained model"
+    )
+    p.add_argument("--run", default=None, help="run folder (export run)")
     p.add_argument("--dataset", default="sample")
     p.add_argument("--out", required=True)
     p.add_argument("--warehouse", default=None)
@@ -168,7 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-unlabeled", action="store_true")
     p.set_defaults(func=_cmd_verbalize)
 
-    for name, issue in (("generate", 5), ("eval", 6)):
+    p = sub.add_parser("generate", help="answer a question about a warehouse image with an exported model")
+    p.add_argument("--model", required=True, help="a folder written by `moai export run`")
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--image", required=True, help="file name, stem or image id")
+    p.add_argument("--question", required=True)
+    p.add_argument("--warehouse", default=None)
+    p.set_defaults(func=_cmd_generate)
+
+    for name, issue in (("eval", 6),):
         p = sub.add_parser(name, help=f"(issue #{issue})")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=_not_built(issue))

