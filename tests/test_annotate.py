@@ -169,3 +169,26 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
     on_disk = {p for p in wh_dir.rglob("*.parquet")}
     named = {p for t in ANNOTATION_TABLES + ("done", "runs") for p in wh.files(t)}
     assert on_disk == named  # the killed writer's leftovers were cleaned
+
+
+def test_reverbalize_writes_a_new_aux_version_from_stored_rows_only(tmp_path, sample_image):
+    from pipeline.reverbalize import reverbalize
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(sample_image("page"), folder / "page.jpg")
+    corpus = resolve_corpus("one", images=folder, root=tmp_path / "data")
+    wh = Warehouse(tmp_path / "wh")
+    _run(corpus, wh)
+    default = wh.query("SELECT ocr_text FROM aux_text").to_pylist()[0]["ocr_text"]
+    lines = wh.query("SELECT text, score FROM ocr ORDER BY line_index").to_pylist()
+    assert any(line["score"] < 0.99 for line in lines)
+
+    assert reverbalize(wh, "one", {"ocr_threshold": 0.99}) == 1
+    assert reverbalize(wh, "one", {"ocr_threshold": 0.99}) == 0  # same thresholds: nothing new
+    versions = wh.query("SELECT config_hash, ocr_text FROM aux_text ORDER BY run_id").to_pylist()
+    assert len(versions) == 2 and versions[0]["ocr_text"] == default
+    strict = versions[1]["ocr_text"]
+    kept = [line["text"] for line in lines if line["score"] >= 0.99]
+    assert all(text in strict for text in kept) and len(strict) < len(default)
+    assert wh.query("SELECT count(*) AS n FROM ocr").to_pylist()[0]["n"] == len(lines)  # no model re-ran
