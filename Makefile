@@ -18,11 +18,12 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
 setup: $(STAMP)
 
+# torch/torchvision come from the registry's standard builds (pinned in pyproject + lock), never the
+# local CPU-only torch 2.13 wheel, whose torchvision partner cannot load its ops.
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	# torch/torchvision come from the registry's standard builds (pinned in pyproject + lock);
-	# never the local CPU-only torch 2.13 wheel, whose torchvision partner cannot load its ops.
+	set -o pipefail; $(BIN)/python -m pip install --quiet --upgrade "pip>=24" 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	set -o pipefail; $(BIN)/python -m pip install --quiet --constraint requirements.lock --editable ".[dev]" 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/python -c "import torch, torchvision.ops, ultralytics, ray, duckdb, onnxruntime, rapidocr_onnxruntime, segment_anything, lightning, transformers, pycocotools"

@@ -37,9 +37,14 @@ README_SCORES = {"centernet": ((0.61, 0.45, 0.50), 0.05), "nanodet": ((0.74, 0.5
 
 
 def onnx_config(shared_models: Path, preset: str, **overrides) -> dict:
-    return {"backend": "onnx", "model": preset, "preset": preset,
-            "weights": {"path": str(shared_models / f"{preset}.onnx")},
-            "labels": str(shared_models / "coco80.txt"), **overrides}
+    return {
+        "backend": "onnx",
+        "model": preset,
+        "preset": preset,
+        "weights": {"path": str(shared_models / f"{preset}.onnx")},
+        "labels": str(shared_models / "coco80.txt"),
+        **overrides,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +92,9 @@ def test_real_detectors_find_the_person_the_cup_and_the_motorcycle(preset, onnx_
     astronaut, coffee, motorcycle = photo("astronaut"), photo("coffee"), photo("motorcycle_left")
     outputs = expert([astronaut, coffee, motorcycle])
     assert all(o.ok for o in outputs), [o.error for o in outputs]
-    person, cup, bike = (best(o.records, label) for o, label in zip(outputs, ("person", "cup", "motorcycle"), strict=True))
+    person, cup, bike = (
+        best(o.records, label) for o, label in zip(outputs, ("person", "cup", "motorcycle"), strict=True)
+    )
 
     assert min(person.score, cup.score, bike.score) >= 0.3
     reported, tolerance = README_SCORES[preset]
@@ -95,7 +102,11 @@ def test_real_detectors_find_the_person_the_cup_and_the_motorcycle(preset, onnx_
     assert person.class_id == 0 and cup.class_id == 41 and bike.class_id == 3
     # The astronaut fills the left two thirds of the frame from the top down to the bottom edge.
     x1, y1, x2, y2 = person.box
-    assert area_fraction(person.box, astronaut) > 0.4 and x1 < 0.1 * astronaut.width and y2 > 0.9 * astronaut.height
+    assert (
+        area_fraction(person.box, astronaut) > 0.4
+        and x1 < 0.1 * astronaut.width
+        and y2 > 0.9 * astronaut.height
+    )
     # The cup sits in the middle of the photo; the motorcycle spans most of its frame's width.
     cx = (cup.box[0] + cup.box[2]) / 2
     assert 0.3 * coffee.width < cx < 0.7 * coffee.width and 0.1 < area_fraction(cup.box, coffee) < 0.9
@@ -109,7 +120,9 @@ def test_real_detectors_find_the_person_the_cup_and_the_motorcycle(preset, onnx_
             assert 0 <= r.box[0] < r.box[2] <= image.width and 0 <= r.box[1] < r.box[3] <= image.height
 
 
-@pytest.mark.parametrize("stem, label", [("astronaut", "person"), ("motorcycle_left", "motorcycle"), ("bus", "bus")])
+@pytest.mark.parametrize(
+    "stem, label", [("astronaut", "person"), ("motorcycle_left", "motorcycle"), ("bus", "bus")]
+)
 def test_nanodet_boxes_mirror_with_the_photo(stem, label, onnx_detector, photo):
     """A mirrored photo gives the mirrored box: GFL distances are measured from the cell centres, and
     a decode that put them at the cell corners would shift every box by a whole stride here."""
@@ -134,8 +147,12 @@ def test_onnx_records_equal_a_direct_onnxruntime_call(shared_models, onnx_detect
     names = (shared_models / "coco80.txt").read_text().splitlines()
     expected = []
     for x1, y1, x2, y2, score, cls in rows[0].astype(np.float64):
-        box = [min(max(x1 * image.width / 512, 0), image.width), min(max(y1 * image.height / 512, 0), image.height),
-               min(max(x2 * image.width / 512, 0), image.width), min(max(y2 * image.height / 512, 0), image.height)]
+        box = [
+            min(max(x1 * image.width / 512, 0), image.width),
+            min(max(y1 * image.height / 512, 0), image.height),
+            min(max(x2 * image.width / 512, 0), image.width),
+            min(max(y2 * image.height / 512, 0), image.height),
+        ]
         if score > 0.1 and box[2] > box[0] and box[3] > box[1]:
             expected.append((names[int(cls)], int(cls), score, box))
     expected.sort(key=lambda e: -e[2])
@@ -160,7 +177,9 @@ def test_a_batch_gives_each_image_what_it_gets_alone_and_a_bad_image_fails_alone
 
 def test_thresholds_and_caps_apply(shared_models, photo):
     loose = make_expert("detection", onnx_config(shared_models, "nanodet", score_threshold=0.05))
-    strict = make_expert("detection", onnx_config(shared_models, "nanodet", score_threshold=0.5, max_detections=2))
+    strict = make_expert(
+        "detection", onnx_config(shared_models, "nanodet", score_threshold=0.5, max_detections=2)
+    )
     loose.load()
     strict.load()
     (many,) = loose.predict([photo("bus")])
@@ -221,8 +240,9 @@ RANDOM_MAX_DET = 40
 def direct_yolo(pt: Path, png: Path, **kwargs):
     from ultralytics import YOLO
 
-    (result,) = YOLO(str(pt)).predict(str(png), conf=RANDOM_CONF, iou=0.7, max_det=RANDOM_MAX_DET, device="cpu",
-                                      verbose=False, **kwargs)
+    (result,) = YOLO(str(pt)).predict(
+        str(png), conf=RANDOM_CONF, iou=0.7, max_det=RANDOM_MAX_DET, device="cpu", verbose=False, **kwargs
+    )
     return result
 
 
@@ -237,8 +257,15 @@ def assert_same_detections(records, result, box_atol=1e-3, score_rtol=1e-6):
 
 
 def test_ultralytics_records_equal_a_direct_yolo_predict(random_yolo_pt, png_photos, photo):
-    expert = make_expert("detection", {"model": str(random_yolo_pt), "score_threshold": RANDOM_CONF,
-                                       "max_detections": RANDOM_MAX_DET, "device": "cpu"})
+    expert = make_expert(
+        "detection",
+        {
+            "model": str(random_yolo_pt),
+            "score_threshold": RANDOM_CONF,
+            "max_detections": RANDOM_MAX_DET,
+            "device": "cpu",
+        },
+    )
     expert.load()
     bus, zidane = photo("bus"), photo("zidane")
     outputs = expert([bus, zidane])  # two shapes: each runs as its own batch, exactly as predicted alone
@@ -250,7 +277,10 @@ def test_ultralytics_records_equal_a_direct_yolo_predict(random_yolo_pt, png_pho
     twice = expert([bus, bus])
     assert twice[0].records == twice[1].records
     assert_same_detections(twice[0].records, direct_yolo(random_yolo_pt, png_photos["bus"]), 0.05, 1e-3)
-    assert expert.identity.weights_sha256 == sha256_file(random_yolo_pt) and expert.identity.model == "random-yolo11n"
+    assert (
+        expert.identity.weights_sha256 == sha256_file(random_yolo_pt)
+        and expert.identity.model == "random-yolo11n"
+    )
 
 
 def test_same_shape_groups_keep_order():
@@ -264,7 +294,13 @@ def test_random_init_must_be_asked_for_and_is_labelled_and_seeded(photo):
     with pytest.raises(WeightsError, match="architecture file"):
         make_expert("detection", {"model": "yolo11n.pt", "weights": RANDOM_INIT})
 
-    config = {"model": "yolo11n.yaml", "weights": RANDOM_INIT, "score_threshold": 0.0, "imgsz": 320, "device": "cpu"}
+    config = {
+        "model": "yolo11n.yaml",
+        "weights": RANDOM_INIT,
+        "score_threshold": 0.0,
+        "imgsz": 320,
+        "device": "cpu",
+    }
     first, again, other = (make_expert("detection", {**config, **extra}) for extra in ({}, {}, {"seed": 1}))
     for expert in (first, again, other):
         expert.load()
@@ -329,8 +365,15 @@ def export_onnx(module, dummy, input_names: list[str], output_names: list[str]) 
     try:
         with warnings.catch_warnings():  # deprecated in torch, still what ultralytics uses
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, dummy, buffer, opset_version=17, input_names=input_names,
-                              output_names=output_names, dynamo=False)
+            torch.onnx.export(
+                module,
+                dummy,
+                buffer,
+                opset_version=17,
+                input_names=input_names,
+                output_names=output_names,
+                dynamo=False,
+            )
     except Exception as err:  # pragma: no cover - depends on torch internals
         pytest.skip(f"cannot export an ONNX graph here: {type(err).__name__}: {err}")
     finally:
@@ -356,37 +399,60 @@ def random_yolo_onnx(random_yolo_pt) -> Path:
         if isinstance(module, Detect):
             module.export, module.format, module.dynamic, module.xyxy = True, "onnx", False, False
     graph = export_onnx(model, torch.zeros(1, 3, EXPORT_SIZE, EXPORT_SIZE), ["images"], ["output0"])
-    metadata = {"description": "Ultralytics YOLO11n model", "author": "Ultralytics", "stride": 32, "task": "detect",
-                "head": "Detect", "batch": 1, "imgsz": [EXPORT_SIZE, EXPORT_SIZE], "names": yolo.names,
-                "args": {"batch": 1, "half": False, "int8": False, "dynamic": False, "nms": False}, "channels": 3,
-                "end2end": False}
+    metadata = {
+        "description": "Ultralytics YOLO11n model",
+        "author": "Ultralytics",
+        "stride": 32,
+        "task": "detect",
+        "head": "Detect",
+        "batch": 1,
+        "imgsz": [EXPORT_SIZE, EXPORT_SIZE],
+        "names": yolo.names,
+        "args": {"batch": 1, "half": False, "int8": False, "dynamic": False, "nms": False},
+        "channels": 3,
+        "end2end": False,
+    }
     path = random_yolo_pt.with_suffix(".onnx")
     path.write_bytes(with_ultralytics_metadata(graph, metadata))
     return path
 
 
-def test_ultralytics_onnx_export_gives_what_the_pt_model_gives(random_yolo_onnx, random_yolo_pt, png_photos, photo):
-    expert = make_expert("detection", {"backend": "onnx", "weights": str(random_yolo_onnx),
-                                       "score_threshold": RANDOM_CONF, "max_detections": RANDOM_MAX_DET})
+def test_ultralytics_onnx_export_gives_what_the_pt_model_gives(
+    random_yolo_onnx, random_yolo_pt, png_photos, photo
+):
+    expert = make_expert(
+        "detection",
+        {
+            "backend": "onnx",
+            "weights": str(random_yolo_onnx),
+            "score_threshold": RANDOM_CONF,
+            "max_detections": RANDOM_MAX_DET,
+        },
+    )
     expert.load()
     assert expert.input.height == expert.input.width == EXPORT_SIZE and expert.names == COCO80_NAMES
     for stem in ("bus", "zidane"):
         (records,) = expert.predict([photo(stem)])
         # An ONNX export has a fixed square input: ultralytics letterboxes to the full square for it (rect=False).
         direct = direct_yolo(random_yolo_pt, png_photos[stem], imgsz=EXPORT_SIZE, rect=False)
-        assert_same_detections(records, direct, box_atol=0.05, score_rtol=1e-3)  # onnxruntime vs torch kernels
+        assert_same_detections(
+            records, direct, box_atol=0.05, score_rtol=1e-3
+        )  # onnxruntime vs torch kernels
 
 
 def test_decode_ultralytics_output_tensor():
     # [1, 4 + 3 classes, 5 anchors]: cx, cy, w, h, then one score per class
-    anchors = np.array([
-        # cx   cy   w   h   s0   s1   s2
-        [50, 50, 20, 20, 0.9, 0.0, 0.0],  # kept
-        [52, 50, 20, 20, 0.8, 0.1, 0.0],  # same class, IoU 0.82 with the first -> suppressed
-        [52, 50, 20, 20, 0.0, 0.0, 0.7],  # other class at the same place -> kept
-        [200, 100, 40, 10, 0.0, 0.6, 0.0],  # kept
-        [300, 300, 10, 10, 0.05, 0.0, 0.0],  # below the floor
-    ], dtype=np.float32)
+    anchors = np.array(
+        [
+            # cx   cy   w   h   s0   s1   s2
+            [50, 50, 20, 20, 0.9, 0.0, 0.0],  # kept
+            [52, 50, 20, 20, 0.8, 0.1, 0.0],  # same class, IoU 0.82 with the first -> suppressed
+            [52, 50, 20, 20, 0.0, 0.0, 0.7],  # other class at the same place -> kept
+            [200, 100, 40, 10, 0.0, 0.6, 0.0],  # kept
+            [300, 300, 10, 10, 0.05, 0.0, 0.0],  # below the floor
+        ],
+        dtype=np.float32,
+    )
     found = decode_ultralytics(anchors.T[None], score_threshold=0.1, iou_threshold=0.7, max_detections=10)
     assert found.classes.tolist() == [0, 2, 1]
     assert found.scores == pytest.approx([0.9, 0.7, 0.6])
@@ -414,12 +480,25 @@ def test_a_graph_with_separate_box_score_class_outputs(tmp_path, photo):
             return boxes + zero, scores + zero, classes + zero
 
     path = tmp_path / "three.onnx"
-    path.write_bytes(export_onnx(ThreeOutputs(), torch.zeros(1, 64, 64, 3), ["image"],
-                                 ["detection_boxes", "detection_scores", "detection_classes"]))
-    config = {"backend": "onnx", "weights": str(path), "format": "boxes", "labels": COCO80,
-              "input": {"size": 64, "layout": "nhwc"}, "box_order": "yxyx", "box_units": "normalized",
-              "class_offset": 1, "outputs": {"boxes": "detection_boxes", "scores": "detection_scores",
-                                             "classes": "detection_classes"}}
+    path.write_bytes(
+        export_onnx(
+            ThreeOutputs(),
+            torch.zeros(1, 64, 64, 3),
+            ["image"],
+            ["detection_boxes", "detection_scores", "detection_classes"],
+        )
+    )
+    config = {
+        "backend": "onnx",
+        "weights": str(path),
+        "format": "boxes",
+        "labels": COCO80,
+        "input": {"size": 64, "layout": "nhwc"},
+        "box_order": "yxyx",
+        "box_units": "normalized",
+        "class_offset": 1,
+        "outputs": {"boxes": "detection_boxes", "scores": "detection_scores", "classes": "detection_classes"},
+    }
     expert = make_expert("detection", config)
     expert.load()
     image = photo("coffee")  # 600 x 400
@@ -430,7 +509,9 @@ def test_a_graph_with_separate_box_score_class_outputs(tmp_path, photo):
     assert np.allclose(records[1].box, [0, 0, 600, 400])
 
     with pytest.raises(UserError, match="detection_masks"):
-        make_expert("detection", {**config, "outputs": {**config["outputs"], "boxes": "detection_masks"}}).load()
+        make_expert(
+            "detection", {**config, "outputs": {**config["outputs"], "boxes": "detection_masks"}}
+        ).load()
 
 
 def test_decode_boxes_orders_units_and_offsets():
@@ -502,13 +583,22 @@ def test_unreachable_download_host_is_reported_not_retried(tmp_path, monkeypatch
     monkeypatch.delenv("MOAI_OFFLINE", raising=False)
     monkeypatch.setattr(detection, "_reachable", lambda host, *a, **k: False)
     monkeypatch.setattr(downloads, "attempt_download_asset", lambda *a, **k: pytest.fail("tried to download"))
-    with pytest.raises(WeightsError, match="github.com, where ultralytics publishes its weights, cannot be reached"):
+    with pytest.raises(
+        WeightsError, match="github.com, where ultralytics publishes its weights, cannot be reached"
+    ):
         detection.find_ultralytics_weights("yolov8s-worldv2-never-published.pt")
 
 
 def test_missing_onnx_file_is_named(tmp_path):
-    expert = make_expert("detection", {"backend": "onnx", "preset": "centernet", "labels": COCO80,
-                                       "weights": {"path": str(tmp_path / "centernet.onnx")}})
+    expert = make_expert(
+        "detection",
+        {
+            "backend": "onnx",
+            "preset": "centernet",
+            "labels": COCO80,
+            "weights": {"path": str(tmp_path / "centernet.onnx")},
+        },
+    )
     with pytest.raises(WeightsError, match=r"'centernet.onnx' was not found .*" + str(tmp_path)):
         expert.load()
 
@@ -526,8 +616,15 @@ def test_open_vocabulary_without_weights_or_text_encoder_fails_clearly(tmp_path,
 
     if importlib.util.find_spec("clip") is not None:
         pytest.skip("the CLIP text encoder package is installed here")
-    expert = make_expert("detection", {"model": "yoloe-11s-seg.yaml", "weights": RANDOM_INIT,
-                                       "vocabulary": str(vocabulary), "device": "cpu"})
+    expert = make_expert(
+        "detection",
+        {
+            "model": "yoloe-11s-seg.yaml",
+            "weights": RANDOM_INIT,
+            "vocabulary": str(vocabulary),
+            "device": "cpu",
+        },
+    )
     start = time.perf_counter()
     with pytest.raises(WeightsError, match="text encoder") as raised:
         expert.load()
@@ -538,7 +635,9 @@ def test_open_vocabulary_without_weights_or_text_encoder_fails_clearly(tmp_path,
 def test_vocabulary_needs_an_open_vocabulary_model(tmp_path):
     vocabulary = tmp_path / "vocabulary.txt"
     vocabulary.write_text("cat\n")
-    expert = make_expert("detection", {"model": "yolo11n.yaml", "weights": RANDOM_INIT, "vocabulary": str(vocabulary)})
+    expert = make_expert(
+        "detection", {"model": "yolo11n.yaml", "weights": RANDOM_INIT, "vocabulary": str(vocabulary)}
+    )
     with pytest.raises(UserError, match="open-vocabulary model"):
         expert.load()
 
@@ -556,18 +655,24 @@ def test_config_hash_is_stable_and_follows_thresholds(shared_models):
     assert first.identity.weights_sha256 in (shared_models / "SHA256SUMS").read_text()
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"score_treshold": 0.2}, "unknown config keys"),
-    ({"backend": "tensorrt"}, "backend 'tensorrt' is unknown"),
-    ({"backend": "onnx", "weights": "x.onnx", "format": "yolo"}, "format 'yolo' is unknown"),
-    ({"backend": "onnx", "weights": "x.onnx", "preset": "detr"}, "unknown onnx preset"),
-    ({"backend": "onnx", "weights": "x.onnx", "input": {"sise": 3}}, "unknown input keys"),
-    ({"backend": "onnx", "model": "centernet"}, "needs `weights`"),
-    ({"backend": "onnx", "weights": "x.onnx", "input": {"channels": "BGR"}}, "channels 'BGR' is not one of"),
-    ({"backend": "onnx", "weights": "x.onnx", "box_units": "px"}, "box_units 'px' is not one of"),
-    ({"nms_iou": 0}, "nms_iou"),
-    ({"score_threshold": 1.5}, "score_threshold"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"score_treshold": 0.2}, "unknown config keys"),
+        ({"backend": "tensorrt"}, "backend 'tensorrt' is unknown"),
+        ({"backend": "onnx", "weights": "x.onnx", "format": "yolo"}, "format 'yolo' is unknown"),
+        ({"backend": "onnx", "weights": "x.onnx", "preset": "detr"}, "unknown onnx preset"),
+        ({"backend": "onnx", "weights": "x.onnx", "input": {"sise": 3}}, "unknown input keys"),
+        ({"backend": "onnx", "model": "centernet"}, "needs `weights`"),
+        (
+            {"backend": "onnx", "weights": "x.onnx", "input": {"channels": "BGR"}},
+            "channels 'BGR' is not one of",
+        ),
+        ({"backend": "onnx", "weights": "x.onnx", "box_units": "px"}, "box_units 'px' is not one of"),
+        ({"nms_iou": 0}, "nms_iou"),
+        ({"score_threshold": 1.5}, "score_threshold"),
+    ],
+)
 def test_bad_configs_are_refused_at_build_time(config, message):
     with pytest.raises(UserError, match=message):
         make_expert("detection", config)

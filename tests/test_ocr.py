@@ -28,19 +28,57 @@ from annotators.weights import sha256_file
 from pipeline.decode import decode_image
 from pipeline.errors import UserError, WeightsError
 
-FONT_DIR = Path(importlib.util.find_spec("matplotlib").submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
-FONTS = {"sans": "DejaVuSans.ttf", "sans-bold": "DejaVuSans-Bold.ttf", "serif": "DejaVuSerif.ttf",
-         "mono": "DejaVuSansMono.ttf"}
+FONT_DIR = (
+    Path(importlib.util.find_spec("matplotlib").submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"
+)
+FONTS = {
+    "sans": "DejaVuSans.ttf",
+    "sans-bold": "DejaVuSans-Bold.ttf",
+    "serif": "DejaVuSerif.ttf",
+    "mono": "DejaVuSansMono.ttf",
+}
 # background colour (or "noise"), text colour
-BACKGROUNDS = {"white": ((255, 255, 255), (0, 0, 0)), "dark": ((28, 30, 38), (235, 235, 225)),
-               "coloured": ((0, 104, 55), (255, 255, 255)), "noise": ("noise", (35, 35, 35))}
+BACKGROUNDS = {
+    "white": ((255, 255, 255), (0, 0, 0)),
+    "dark": ((28, 30, 38), (235, 235, 225)),
+    "coloured": ((0, 104, 55), (255, 255, 255)),
+    "noise": ("noise", (35, 35, 35)),
+}
 SIZES = (18, 28, 40, 64)
-PHRASES = ["STOP 42 MAIN ST", "EXIT 7", "OPEN DAILY", "Fresh Coffee 24 Hours", "PLATFORM 9", "Route 66 West",
-           "NO PARKING", "Sale 50 Off", "Gate B12", "Bus Lane Only", "Speed Limit 30", "Welcome Home",
-           "Exit Only", "Open 9 To 5", "Room 204", "Pharmacy", "ONE WAY", "Station Road 3", "Hotel Plaza",
-           "Parking 2 Hours", "Library 1st Floor", "Push Door", "Taxi Rank", "Bakery Open", "Museum 10 AM",
-           "Track 4", "Danger High Voltage", "Keep Left", "No Entry", "Post Office", "Car Wash 12",
-           "City Centre 5"]
+PHRASES = [
+    "STOP 42 MAIN ST",
+    "EXIT 7",
+    "OPEN DAILY",
+    "Fresh Coffee 24 Hours",
+    "PLATFORM 9",
+    "Route 66 West",
+    "NO PARKING",
+    "Sale 50 Off",
+    "Gate B12",
+    "Bus Lane Only",
+    "Speed Limit 30",
+    "Welcome Home",
+    "Exit Only",
+    "Open 9 To 5",
+    "Room 204",
+    "Pharmacy",
+    "ONE WAY",
+    "Station Road 3",
+    "Hotel Plaza",
+    "Parking 2 Hours",
+    "Library 1st Floor",
+    "Push Door",
+    "Taxi Rank",
+    "Bakery Open",
+    "Museum 10 AM",
+    "Track 4",
+    "Danger High Voltage",
+    "Keep Left",
+    "No Entry",
+    "Post Office",
+    "Car Wash 12",
+    "City Centre 5",
+]
 
 
 @dataclass
@@ -68,10 +106,14 @@ def render_bands(bands: list[Band], width: int | None = None, seed: int = 0) -> 
     """Bands stacked top to bottom, each a plain, coloured or lightly noisy background with its text."""
     faces = [ImageFont.truetype(str(FONT_DIR / FONTS[band.font]), band.size) for band in bands]
     margins = [max(24, band.size) for band in bands]
-    heights = [2 * margin + int(band.size * 1.8) * (len(band.phrases) - 1) + 2 * band.size
-               for band, margin in zip(bands, margins, strict=True)]
-    widths = [2 * margin + max(face.getbbox(phrase)[2] for phrase in band.phrases)
-              for band, face, margin in zip(bands, faces, margins, strict=True)]
+    heights = [
+        2 * margin + int(band.size * 1.8) * (len(band.phrases) - 1) + 2 * band.size
+        for band, margin in zip(bands, margins, strict=True)
+    ]
+    widths = [
+        2 * margin + max(face.getbbox(phrase)[2] for phrase in band.phrases)
+        for band, face, margin in zip(bands, faces, margins, strict=True)
+    ]
     width = width or max(widths)
     canvas = Image.new("RGB", (width, sum(heights)))
     draw = ImageDraw.Draw(canvas)
@@ -80,8 +122,10 @@ def render_bands(bands: list[Band], width: int | None = None, seed: int = 0) -> 
     for band, face, margin, height in zip(bands, faces, margins, heights, strict=True):
         fill, colour = BACKGROUNDS[band.background]
         if fill == "noise":
-            canvas.paste(Image.fromarray(rng.normal(225, 18, (height, width, 3)).clip(0, 255).astype(np.uint8)),
-                         (0, top))
+            canvas.paste(
+                Image.fromarray(rng.normal(225, 18, (height, width, 3)).clip(0, 255).astype(np.uint8)),
+                (0, top),
+            )
         else:
             draw.rectangle((0, top, width, top + height), fill=fill)
         for row, phrase in enumerate(band.phrases):
@@ -94,8 +138,13 @@ def render_bands(bands: list[Band], width: int | None = None, seed: int = 0) -> 
     return Rendered(np.asarray(canvas), phrases, boxes, conditions)
 
 
-def render(phrases: list[str], font: str = "sans", size: int = 40, background: str = "white",
-           width: int | None = None) -> Rendered:
+def render(
+    phrases: list[str],
+    font: str = "sans",
+    size: int = 40,
+    background: str = "white",
+    width: int | None = None,
+) -> Rendered:
     return render_bands([Band(phrases, font, size, background)], width)
 
 
@@ -108,7 +157,9 @@ def rendered_set() -> list[Rendered]:
         bands = []
         for j, background in enumerate(BACKGROUNDS):
             index = i * len(BACKGROUNDS) + j
-            bands.append(Band(PHRASES[2 * index: 2 * index + 2], font, SIZES[(i + j) % len(SIZES)], background))
+            bands.append(
+                Band(PHRASES[2 * index : 2 * index + 2], font, SIZES[(i + j) % len(SIZES)], background)
+            )
         boards.append(render_bands(bands, seed=i))
     return boards
 
@@ -223,26 +274,37 @@ def test_polygons_lie_inside_the_image_around_the_text(rendered, rendered_output
             assert len(around) == 1, (phrase, box, output.records)
         # reading order: the phrases were drawn one per row, top to bottom
         assert [line.text for line in output.records] == [
-            line.text for line in sorted(output.records, key=lambda ln: min(y for _, y in ln.polygon))]
+            line.text for line in sorted(output.records, key=lambda ln: min(y for _, y in ln.polygon))
+        ]
 
 
 def _encloses(polygon: list[list[float]], box: tuple[int, int, int, int]) -> bool:
     """The polygon covers the ink box and reaches no further than the unclip margin beyond it."""
     xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
     margin = ink_margin(box)
-    covers = min(xs) <= box[0] + 2 and min(ys) <= box[1] + 2 and max(xs) >= box[2] - 2 and max(ys) >= box[3] - 2
-    tight = (min(xs) >= box[0] - margin and min(ys) >= box[1] - margin and max(xs) <= box[2] + margin
-             and max(ys) <= box[3] + margin)
+    covers = (
+        min(xs) <= box[0] + 2 and min(ys) <= box[1] + 2 and max(xs) >= box[2] - 2 and max(ys) >= box[3] - 2
+    )
+    tight = (
+        min(xs) >= box[0] - margin
+        and min(ys) >= box[1] - margin
+        and max(xs) <= box[2] + margin
+        and max(ys) <= box[3] + margin
+    )
     return covers and tight
 
 
 def test_small_text_at_native_resolution_beats_the_490_squash(expert):
     """Why we deviate from MoAI: 14 px text on a 1600x900 photo-sized canvas is read at native
     resolution; squashed to 490x490 (MoAI's input) the letters are ~4 px wide and mostly lost."""
-    phrases = ["Platform 9 departures at 10 AM", "Station Road 3 Hotel Plaza", "Danger High Voltage Keep Left"]
+    phrases = [
+        "Platform 9 departures at 10 AM",
+        "Station Road 3 Hotel Plaza",
+        "Danger High Voltage Keep Left",
+    ]
     strip = render(phrases, "sans", 14, "white", width=1600)
     canvas = np.full((900, 1600, 3), 255, np.uint8)
-    canvas[380:380 + strip.image.shape[0]] = strip.image
+    canvas[380 : 380 + strip.image.shape[0]] = strip.image
     squashed = np.asarray(Image.fromarray(canvas).resize((490, 490), Image.Resampling.BICUBIC))
     native_out, squashed_out = expert([ImageInput(1, canvas), ImageInput(2, squashed)])
     native_hits, total = word_hits(phrases, native_out.records)
@@ -350,20 +412,31 @@ def test_loads_offline_and_identity_is_stable(expert, offline):
 
     assert again.identity == expert.identity  # a missing "backend" key means the default backend
     assert expert.identity.model == "PP-OCRv6-small" and expert.identity.backend == "rapidocr"
-    assert expert.weights_sha256() == _shipped_sha("rapidocr", {
-        "det": "PP-OCRv6_det_small.onnx", "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
-        "rec": "PP-OCRv6_rec_small.onnx"})
+    assert expert.weights_sha256() == _shipped_sha(
+        "rapidocr",
+        {
+            "det": "PP-OCRv6_det_small.onnx",
+            "cls": "ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+            "rec": "PP-OCRv6_rec_small.onnx",
+        },
+    )
     assert set(expert.providers()) == {"det", "cls", "rec"}
     # only the models that run are hashed; every setting is part of the config hash
     no_cls = make_expert("ocr", {"angle_classifier": False})
-    assert no_cls.weights_sha256() == _shipped_sha("rapidocr", {
-        "det": "PP-OCRv6_det_small.onnx", "rec": "PP-OCRv6_rec_small.onnx"})
+    assert no_cls.weights_sha256() == _shipped_sha(
+        "rapidocr", {"det": "PP-OCRv6_det_small.onnx", "rec": "PP-OCRv6_rec_small.onnx"}
+    )
     assert no_cls.identity.config_hash != expert.identity.config_hash
     v4 = make_expert("ocr", {"backend": "rapidocr-onnxruntime"})
     assert v4.identity.model == "PP-OCRv4-mobile"
-    assert v4.weights_sha256() == _shipped_sha("rapidocr_onnxruntime", {
-        "det": "ch_PP-OCRv4_det_infer.onnx", "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
-        "rec": "ch_PP-OCRv4_rec_infer.onnx"})
+    assert v4.weights_sha256() == _shipped_sha(
+        "rapidocr_onnxruntime",
+        {
+            "det": "ch_PP-OCRv4_det_infer.onnx",
+            "cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "rec": "ch_PP-OCRv4_rec_infer.onnx",
+        },
+    )
 
 
 @pytest.mark.parametrize("backend", ["rapidocr", "rapidocr-onnxruntime"])
@@ -381,14 +454,25 @@ def test_a_missing_model_is_an_error_not_a_download(backend, monkeypatch, tmp_pa
 def test_other_model_files_can_be_named(tmp_path):
     shipped = Path(importlib.util.find_spec("rapidocr_onnxruntime").submodule_search_locations[0]) / "models"
     ocr_v4_det = make_expert("ocr", {"det_model": str(shipped / "ch_PP-OCRv4_det_infer.onnx")})
-    assert ocr_v4_det.model_name() == "ch_PP-OCRv4_det_infer+ch_ppocr_mobile_v2.0_cls_mobile+PP-OCRv6_rec_small"
+    assert (
+        ocr_v4_det.model_name() == "ch_PP-OCRv4_det_infer+ch_ppocr_mobile_v2.0_cls_mobile+PP-OCRv6_rec_small"
+    )
     assert ocr_v4_det.weights_sha256() != make_expert("ocr", {}).weights_sha256()
 
 
 @pytest.mark.parametrize("backend", ["rapidocr", "rapidocr-onnxruntime"])
 def test_settings_reach_the_library(backend):
-    one = make_expert("ocr", {"backend": backend, "threads": 1, "device": "cpu", "det_min_side": 64,
-                              "score_threshold": 0.3, "angle_classifier": False})
+    one = make_expert(
+        "ocr",
+        {
+            "backend": backend,
+            "threads": 1,
+            "device": "cpu",
+            "det_min_side": 64,
+            "score_threshold": 0.3,
+            "angle_classifier": False,
+        },
+    )
     one.load()
     assert set(one.providers()) == {"det", "rec"}  # no classifier session when it is off
     assert set(one.providers().values()) == {"CPUExecutionProvider"}
@@ -410,7 +494,7 @@ def test_automatic_threads_follow_the_actor_share(monkeypatch):
 def test_huge_images_are_scaled_down_but_polygons_stay_in_original_pixels():
     item = render(["STOP 42 MAIN ST"], size=64, width=2400)
     canvas = np.full((1400, 2400, 3), 255, np.uint8)
-    canvas[600:600 + item.image.shape[0]] = item.image
+    canvas[600 : 600 + item.image.shape[0]] = item.image
     box = (item.boxes[0][0], item.boxes[0][1] + 600, item.boxes[0][2], item.boxes[0][3] + 600)
     capped = make_expert("ocr", {"max_side": 1200})
     capped.load()
@@ -419,15 +503,18 @@ def test_huge_images_are_scaled_down_but_polygons_stay_in_original_pixels():
     assert _encloses(output.records[0].polygon, box)
 
 
-@pytest.mark.parametrize("config, message", [
-    ({"backend": "tesseract"}, "unknown"),
-    ({"score": 0.5}, "unknown config keys"),
-    ({"score_threshold": 1.5}, "score_threshold"),
-    ({"max_side": 10}, "max_side"),
-    ({"threads": -2}, "threads"),
-    ({"det_min_side": 8}, "det_min_side"),
-    ({"angle_classifier": "false"}, "angle_classifier"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"backend": "tesseract"}, "unknown"),
+        ({"score": 0.5}, "unknown config keys"),
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"max_side": 10}, "max_side"),
+        ({"threads": -2}, "threads"),
+        ({"det_min_side": 8}, "det_min_side"),
+        ({"angle_classifier": "false"}, "angle_classifier"),
+    ],
+)
 def test_bad_config_is_refused(config, message):
     with pytest.raises(UserError, match=message):
         make_expert("ocr", config)
@@ -459,8 +546,13 @@ def test_paddleocr_adapter_passes_bgr_and_maps_results(monkeypatch, tmp_path):
         def predict(self, array):
             calls["array"] = array.copy()
             quad = lambda x, y: np.array([[x, y], [x + 50, y], [x + 50, y + 20], [x, y + 20]])  # noqa: E731
-            return [{"rec_texts": ["second", "first", "faint"], "rec_scores": [0.9, 0.95, 0.3],
-                     "rec_polys": [quad(10, 60), quad(10, 10), quad(80, 10)]}]
+            return [
+                {
+                    "rec_texts": ["second", "first", "faint"],
+                    "rec_scores": [0.9, 0.95, 0.3],
+                    "rec_polys": [quad(10, 60), quad(10, 10), quad(80, 10)],
+                }
+            ]
 
     monkeypatch.setitem(sys.modules, "paddleocr", types.SimpleNamespace(PaddleOCR=FakePaddleOCR))
     folders = {f"{role}_model": str(tmp_path / role) for role in ("det", "rec", "cls")}
@@ -476,7 +568,9 @@ def test_paddleocr_adapter_passes_bgr_and_maps_results(monkeypatch, tmp_path):
     assert [(line.text, line.score) for line in output.records] == [("first", 0.95), ("second", 0.9)]
     assert output.records[0].polygon == [[10.0, 10.0], [60.0, 10.0], [60.0, 30.0], [10.0, 30.0]]
     init = calls["init"]
-    assert init["text_detection_model_dir"] == folders["det_model"] and init["use_textline_orientation"] is True
+    assert (
+        init["text_detection_model_dir"] == folders["det_model"] and init["use_textline_orientation"] is True
+    )
     assert init["text_rec_score_thresh"] == 0.5 and init["device"] == "cpu"
     assert len(paddle.weights_sha256()) == 64
 

@@ -37,9 +37,18 @@ def disk(cx: float, cy: float, r: float) -> np.ndarray:
 def seg(segment_id: int, label: str, mask: np.ndarray, score: float = 0.9) -> Segment:
     encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle = {"size": [int(v) for v in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
-    return Segment(segment_id=segment_id, label=label, category_id=0, isthing=label != "unlabeled",
-                   area=int(mask.sum()), bbox=[float(v) for v in mask_utils.toBbox(encoded)], rle=rle,
-                   score=score, predicted_iou=score, stability_score=0.95)
+    return Segment(
+        segment_id=segment_id,
+        label=label,
+        category_id=0,
+        isthing=label != "unlabeled",
+        area=int(mask.sum()),
+        bbox=[float(v) for v in mask_utils.toBbox(encoded)],
+        rle=rle,
+        score=score,
+        predicted_iou=score,
+        stability_score=0.95,
+    )
 
 
 def relations(upstream: dict, **config) -> list[Relation]:
@@ -64,7 +73,9 @@ def triple(r: Relation) -> tuple[str, str, str]:
 
 
 def test_cup_sitting_on_a_table_is_on():
-    rels = relations({"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [250, 140, 310, 200])]})
+    rels = relations(
+        {"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [250, 140, 310, 200])]}
+    )
     assert [triple(r) for r in rels] == [("cup", "on", "dining table")]
     assert rels[0].score == 1.0
     assert (rels[0].subject_id, rels[0].object_id) == (2, 1)
@@ -72,14 +83,18 @@ def test_cup_sitting_on_a_table_is_on():
 
 def test_cup_on_a_table_seen_in_perspective_is_on():
     # The cup's bottom lies inside the table-top region (below the table box's top edge).
-    rels = relations({"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [250, 160, 300, 240])]})
+    rels = relations(
+        {"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [250, 160, 300, 240])]}
+    )
     assert [triple(r) for r in rels] == [("cup", "on", "dining table")]
     assert rels[0].score >= 0.8
 
 
 def test_cup_hovering_over_an_edge_is_not_on():
     # Only a third of the cup is over the table: no support.
-    rels = relations({"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [480, 140, 540, 200])]})
+    rels = relations(
+        {"detection": [det("dining table", [100, 200, 500, 400]), det("cup", [480, 140, 540, 200])]}
+    )
     assert rels[0].predicate != "on"
 
 
@@ -142,8 +157,10 @@ def test_far_apart_objects_are_never_near_or_beside(far_box):
 
 
 def test_direction_fades_with_distance_measured_in_object_sizes():
-    scores = [relations({"detection": [det("a", [0, 100, 40, 140]), det("b", [40 + gap, 100, 80 + gap, 140])]})[0]
-              for gap in (60, 80, 160, 240)]
+    scores = [
+        relations({"detection": [det("a", [0, 100, 40, 140]), det("b", [40 + gap, 100, 80 + gap, 140])]})[0]
+        for gap in (60, 80, 160, 240)
+    ]
     assert [r.predicate for r in scores] == ["left of"] * 4
     assert [r.score for r in scores] == [1.0, 1.0, 0.75, 0.5]  # fades from 2 to 6 sizes (L = 40 px)
 
@@ -189,7 +206,9 @@ def test_masks_small_square_inside_large_panoptic_hole():
 
 
 def test_masks_small_square_inside_large_overlapping_masks():
-    rels = relations({"segmentation": [seg(1, "frame", rect(0, 0, 200, 200)), seg(2, "photo", rect(80, 80, 120, 120))]})
+    rels = relations(
+        {"segmentation": [seg(1, "frame", rect(0, 0, 200, 200)), seg(2, "photo", rect(80, 80, 120, 120))]}
+    )
     assert [triple(r) for r in rels] == [("photo", "inside", "frame")]
 
 
@@ -198,13 +217,21 @@ def test_masks_inside_needs_enclosure_not_just_a_box():
     dot = rect(90, 90, 110, 110)
     ring = rect(0, 0, 200, 200) & ~rect(20, 20, 180, 180)
     u_shape = rect(0, 0, 200, 200) & ~rect(20, 0, 180, 180)
-    assert triple(relations({"segmentation": [seg(1, "ring", ring), seg(2, "dot", dot)]})[0]) == ("dot", "inside", "ring")
+    assert triple(relations({"segmentation": [seg(1, "ring", ring), seg(2, "dot", dot)]})[0]) == (
+        "dot",
+        "inside",
+        "ring",
+    )
     assert relations({"segmentation": [seg(1, "u", u_shape), seg(2, "dot", dot)]})[0].predicate != "inside"
 
 
 def test_masks_ball_above_box_and_person_left_of_car():
-    segments = [seg(1, "sports ball", disk(250, 70, 20)), seg(2, "box", rect(150, 150, 350, 300)),
-                seg(3, "person", rect(400, 100, 450, 400)), seg(4, "car", rect(530, 250, 640, 400))]
+    segments = [
+        seg(1, "sports ball", disk(250, 70, 20)),
+        seg(2, "box", rect(150, 150, 350, 300)),
+        seg(3, "person", rect(400, 100, 450, 400)),
+        seg(4, "car", rect(530, 250, 640, 400)),
+    ]
     rels = relations({"segmentation": segments})
     assert triple(between(rels, 1, 2)) == ("sports ball", "above", "box")
     assert triple(between(rels, 3, 4)) == ("person", "left of", "car")
@@ -214,8 +241,12 @@ def test_masks_ball_above_box_and_person_left_of_car():
 
 
 def test_repeated_labels_are_numbered_left_to_right_unique_stay_plain():
-    dets = [det("person", [300, 100, 340, 200]), det("dog", [500, 300, 560, 340]),
-            det("person", [20, 100, 60, 200]), det("person", [160, 100, 200, 200])]
+    dets = [
+        det("person", [300, 100, 340, 200]),
+        det("dog", [500, 300, 560, 340]),
+        det("person", [20, 100, 60, 200]),
+        det("person", [160, 100, 200, 200]),
+    ]
     names = {}
     for r in relations({"detection": dets}):
         names[r.subject_id], names[r.object_id] = r.subject, r.object
@@ -223,7 +254,11 @@ def test_repeated_labels_are_numbered_left_to_right_unique_stay_plain():
 
 
 def test_numbering_counts_only_kept_objects():
-    dets = [det("person", [20, 100, 60, 200], score=0.3), det("person", [160, 100, 200, 200]), det("dog", [300, 100, 360, 160])]
+    dets = [
+        det("person", [20, 100, 60, 200], score=0.3),
+        det("person", [160, 100, 200, 200]),
+        det("dog", [300, 100, 360, 160]),
+    ]
     rels = relations({"detection": dets})
     assert {r.subject for r in rels} | {r.object for r in rels} == {"person", "dog"}
     # Ids are the index in the stored detection list + 1, whatever was filtered out.
@@ -231,13 +266,18 @@ def test_numbering_counts_only_kept_objects():
 
 
 def test_panoptic_suffixes_are_dropped_from_names():
-    rels = relations({"detection": [det("wall-other-merged", [0, 0, 640, 200]), det("clock", [300, 50, 340, 90])]})
+    rels = relations(
+        {"detection": [det("wall-other-merged", [0, 0, 640, 200]), det("clock", [300, 50, 340, 90])]}
+    )
     assert triple(rels[0]) == ("clock", "inside", "wall")
 
 
 def test_unlabeled_segments_are_skipped_by_default_and_configurable():
-    segments = [seg(1, "unlabeled", rect(0, 0, 640, 100)), seg(2, "cup", rect(250, 160, 300, 200)),
-                seg(3, "dining table", rect(100, 200, 500, 400))]
+    segments = [
+        seg(1, "unlabeled", rect(0, 0, 640, 100)),
+        seg(2, "cup", rect(250, 160, 300, 200)),
+        seg(3, "dining table", rect(100, 200, 500, 400)),
+    ]
     assert {r.subject for r in relations({"segmentation": segments})} == {"cup"}
     with_stuff = relations({"segmentation": segments}, include_unlabeled=True)
     assert len(with_stuff) == 3
@@ -245,14 +285,22 @@ def test_unlabeled_segments_are_skipped_by_default_and_configurable():
 
 
 def test_segments_win_over_detections_and_ids_are_segment_ids():
-    upstream = {"detection": [det("cup", [250, 160, 300, 200]), det("dining table", [100, 200, 500, 400])],
-                "segmentation": [seg(7, "cup", rect(250, 160, 300, 200)), seg(9, "dining table", rect(100, 200, 500, 400))]}
+    upstream = {
+        "detection": [det("cup", [250, 160, 300, 200]), det("dining table", [100, 200, 500, 400])],
+        "segmentation": [
+            seg(7, "cup", rect(250, 160, 300, 200)),
+            seg(9, "dining table", rect(100, 200, 500, 400)),
+        ],
+    }
     (rel,) = relations(upstream)
     assert (rel.subject_id, rel.predicate, rel.object_id) == (7, "on", 9)
 
 
 def test_empty_segmentation_falls_back_to_detections_and_nothing_gives_nothing():
-    upstream = {"segmentation": [], "detection": [det("cup", [250, 160, 300, 200]), det("dining table", [100, 200, 500, 400])]}
+    upstream = {
+        "segmentation": [],
+        "detection": [det("cup", [250, 160, 300, 200]), det("dining table", [100, 200, 500, 400])],
+    }
     assert [(r.subject_id, r.object_id) for r in relations(upstream)] == [(1, 2)]
     assert relations({}) == []
     assert relations({"detection": [det("cup", [0, 0, 10, 10])]}) == []
@@ -263,10 +311,15 @@ def test_degenerate_boxes_are_ignored():
 
 
 def test_records_from_parquet_as_dicts_give_the_same_relations():
-    segments = [seg(1, "dining table", rect(100, 200, 500, 400)), seg(2, "cup", rect(250, 160, 300, 200)),
-                seg(3, "person", rect(20, 50, 80, 400))]
+    segments = [
+        seg(1, "dining table", rect(100, 200, 500, 400)),
+        seg(2, "cup", rect(250, 160, 300, 200)),
+        seg(3, "person", rect(20, 50, 80, 400)),
+    ]
     dets = [det("person", [20, 50, 80, 400])]
-    as_dicts = relations({"segmentation": [asdict(s) for s in segments], "detection": [asdict(d) for d in dets]})
+    as_dicts = relations(
+        {"segmentation": [asdict(s) for s in segments], "detection": [asdict(d) for d in dets]}
+    )
     assert as_dicts == relations({"segmentation": segments, "detection": dets})
 
 
@@ -279,7 +332,11 @@ def scattered(n: int, seed: int = 0) -> list[Detection]:
     for i in range(n):
         x, y = rng.uniform(0, 560), rng.uniform(0, 400)
         w, h = rng.uniform(10, 80), rng.uniform(10, 80)
-        out.append(det(["person", "car", "dog", "cup"][i % 4], [x, y, x + w, y + h], score=float(rng.uniform(0.5, 1))))
+        out.append(
+            det(
+                ["person", "car", "dog", "cup"][i % 4], [x, y, x + w, y + h], score=float(rng.uniform(0.5, 1))
+            )
+        )
     return out
 
 
@@ -299,9 +356,13 @@ def test_relations_are_sorted_capped_and_independent_of_input_order():
     assert rels == relations({"detection": dets}, max_relations=10)
     # Reversing the input changes ids (index + 1), not which objects relate how.
     remap = {len(dets) - i: i + 1 for i in range(len(dets))}
-    flipped = {(remap[r.subject_id], r.predicate, remap[r.object_id], r.score)
-               for r in relations({"detection": dets[::-1]})}
-    assert flipped == {(r.subject_id, r.predicate, r.object_id, r.score) for r in relations({"detection": dets})}
+    flipped = {
+        (remap[r.subject_id], r.predicate, remap[r.object_id], r.score)
+        for r in relations({"detection": dets[::-1]})
+    }
+    assert flipped == {
+        (r.subject_id, r.predicate, r.object_id, r.score) for r in relations({"detection": dets})
+    }
 
 
 def test_max_objects_keeps_the_best_scoring():
@@ -324,9 +385,17 @@ def test_geometric_identity_names_the_rule_set_not_random_weights():
     assert other.config_hash != expert.identity.config_hash
 
 
-@pytest.mark.parametrize("config", [{"backend": "psgtr"}, {"nearr_ratio": 0.3}, {"max_objects": 1},
-                                    {"backend": "plugin"}, {"backend": "plugin", "entry": "no_such_module:f"},
-                                    {"backend": "plugin", "entry": f"{__name__}:no_such_factory"}])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"backend": "psgtr"},
+        {"nearr_ratio": 0.3},
+        {"max_objects": 1},
+        {"backend": "plugin"},
+        {"backend": "plugin", "entry": "no_such_module:f"},
+        {"backend": "plugin", "entry": f"{__name__}:no_such_factory"},
+    ],
+)
 def test_bad_configs_are_user_errors(config):
     with pytest.raises(UserError):
         build_scene_graph(config)
@@ -353,8 +422,17 @@ class TinyPlugin:
     def relate(self, image, segments, detections):
         assert self.loaded and image.ndim == 3
         assert all(isinstance(d, Detection) for d in detections)
-        out = [{"subject_id": i + 1, "subject": "", "predicate": "looking at", "object_id": i + 2, "object": "",
-                "score": self.config.get("score", 0.9) - 0.1 * i} for i in range(len(detections) - 1)]
+        out = [
+            {
+                "subject_id": i + 1,
+                "subject": "",
+                "predicate": "looking at",
+                "object_id": i + 2,
+                "object": "",
+                "score": self.config.get("score", 0.9) - 0.1 * i,
+            }
+            for i in range(len(detections) - 1)
+        ]
         return out
 
 
@@ -409,6 +487,13 @@ def test_plugin_must_report_a_real_sha_and_the_whole_interface():
 def test_plugin_invalid_output_fails_that_image_only():
     expert = make_expert("sgg", {**PLUGIN, "score": 1.5})
     expert.load()
-    (out,) = expert([ImageInput(1, np.zeros((H, W, 3), np.uint8), {"detection": [det("a", [0, 0, 9, 9]),
-                                                                               det("b", [20, 0, 29, 9])]})])
+    (out,) = expert(
+        [
+            ImageInput(
+                1,
+                np.zeros((H, W, 3), np.uint8),
+                {"detection": [det("a", [0, 0, 9, 9]), det("b", [20, 0, 29, 9])]},
+            )
+        ]
+    )
     assert not out.ok and "invalid relation" in out.error

@@ -48,11 +48,20 @@ def workspace(tmp_path_factory, sample_corpus):
     config = {
         "seed_everything": 0,
         "model": {"preset": "tiny", "mode": "step2"},
-        "data": {"dataset": "sample", "warehouse": str(tmp / "warehouse"), "batch_size": 8,
-                 "max_aux_tokens": 128, "image_cache": 64},
+        "data": {
+            "dataset": "sample",
+            "warehouse": str(tmp / "warehouse"),
+            "batch_size": 8,
+            "max_aux_tokens": 128,
+            "image_cache": 64,
+        },
         "optim": {"lr": 3e-3, "eta_min": 1e-4, "warmup_steps": 2},
-        "trainer": {"max_steps": STEPS, "log_every_n_steps": 1, "accelerator": "cpu",
-                    "enable_progress_bar": False},
+        "trainer": {
+            "max_steps": STEPS,
+            "log_every_n_steps": 1,
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+        },
         "run": {"out": str(tmp / "runs"), "name": "full", "checkpoint_every": 3, "threads": 1},
     }
     path = tmp / "train.yaml"
@@ -115,13 +124,21 @@ def test_mid_epoch_resume_replays_the_uninterrupted_run(workspace, full_run):
     assert [s for s, _, _ in resumed] == [s for s, _, _ in full]
     assert [idx for _, idx, _ in resumed] == [idx for _, idx, _ in full]
     torch.testing.assert_close(
-        torch.tensor([loss for *_, loss in resumed]), torch.tensor([loss for *_, loss in full]), rtol=1e-5, atol=1e-6
+        torch.tensor([loss for *_, loss in resumed]),
+        torch.tensor([loss for *_, loss in full]),
+        rtol=1e-5,
+        atol=1e-6,
     )
     # the resumed run continues the interrupted run's metrics.csv instead of replacing it
     rows = (part_dir / "metrics.csv").read_text(encoding="utf-8").splitlines()
     header = rows[0].split(",")
-    steps = sorted({int(r.split(",")[header.index("step")]) for r in rows[1:]
-                    if r.split(",")[header.index("train_loss")]})
+    steps = sorted(
+        {
+            int(r.split(",")[header.index("step")])
+            for r in rows[1:]
+            if r.split(",")[header.index("train_loss")]
+        }
+    )
     assert steps == list(range(STEPS))  # train_loss is logged at global steps 0..5 (before each update)
 
 
@@ -155,8 +172,14 @@ def test_two_process_ddp_on_cpu(workspace):
     out = tmp / "ddp_out"
     out.mkdir()
     env = {**os.environ, "MOAI_DATA": str(workspace["data_root"]), "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(script), str(workspace["config"]), str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(workspace["config"]), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["strategy"] == "DDPStrategy" for r in ranks)
@@ -186,7 +209,12 @@ def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
     run_dir, _ = full_run
     out = export_run(run_dir, tmp_path / "export")
     assert {p.name for p in out.iterdir()} >= {
-        "moai_config.json", "data_config.json", "weights.safetensors", "tokenizer.json", "export.json"}
+        "moai_config.json",
+        "data_config.json",
+        "weights.safetensors",
+        "tokenizer.json",
+        "export.json",
+    }
     assert json.loads((out / "tokenizer.json").read_text())["kind"] == "byte"
     reference, model = load_checkpoint_model(run_dir), load_exported(out)
     dcfg = load_data_config(out)
@@ -212,10 +240,17 @@ def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
     # generate_answer formats the question, image and aux text exactly as the training data does
     tokenizer, row, item = load_tokenizer(out), data.train_set.rows[0], items[0]
     image = data.train_set.image_dirs[row["image_split"]] / row["file_name"]
-    answer = generate_answer(model, row["question"], image, row["aux_text"], tokenizer, dcfg, max_new_tokens=8)
+    answer = generate_answer(
+        model, row["question"], image, row["aux_text"], tokenizer, dcfg, max_new_tokens=8
+    )
     aux = {"aux_input_ids": torch.tensor([item["aux"]])} if item["aux"] else {}
-    ids = model.generate(torch.tensor([item["prompt"]]), pixel_values=item["pixel_values"][None],
-                         max_new_tokens=8, eos_token_id=tokenizer.eos_token_id, **aux)[0]
+    ids = model.generate(
+        torch.tensor([item["prompt"]]),
+        pixel_values=item["pixel_values"][None],
+        max_new_tokens=8,
+        eos_token_id=tokenizer.eos_token_id,
+        **aux,
+    )[0]
     assert isinstance(answer, str) and answer == tokenizer.decode(ids).strip()
     assert find_checkpoint(run_dir).name == "last.ckpt"
 
@@ -227,6 +262,9 @@ def test_strategy_from_yaml():
     assert make_strategy("ddp", step1=True) == "ddp_find_unused_parameters_true"
     assert make_strategy("ddp_spawn", step1=True) == "ddp_spawn_find_unused_parameters_true"
     ddp = make_strategy({"name": "ddp", "static_graph": False}, step1=True)
-    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"static_graph": False, "find_unused_parameters": True}
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {
+        "static_graph": False,
+        "find_unused_parameters": True,
+    }
     with pytest.raises(ValueError):
         make_strategy({"name": "deepspeed"})

@@ -24,9 +24,18 @@ W, H = 200, 100  # image size used by the golden strings
 
 
 def segment(label: str, bbox, score: float = 0.9, segment_id: int = 1) -> Segment:
-    return Segment(segment_id=segment_id, label=label, category_id=0, isthing=label != "unlabeled", area=1,
-                   bbox=[float(v) for v in bbox], rle={"size": [H, W], "counts": ""}, score=score,
-                   predicted_iou=score, stability_score=0.95)
+    return Segment(
+        segment_id=segment_id,
+        label=label,
+        category_id=0,
+        isthing=label != "unlabeled",
+        area=1,
+        bbox=[float(v) for v in bbox],
+        rle={"size": [H, W], "counts": ""},
+        score=score,
+        predicted_iou=score,
+        stability_score=0.95,
+    )
 
 
 def detection(label: str, box, score: float = 0.9) -> Detection:
@@ -34,25 +43,43 @@ def detection(label: str, box, score: float = 0.9) -> Detection:
 
 
 def relation(subject: str, predicate: str, obj: str, score: float, sid: int = 1, oid: int = 2) -> Relation:
-    return Relation(subject_id=sid, subject=subject, predicate=predicate, object_id=oid, object=obj, score=score)
+    return Relation(
+        subject_id=sid, subject=subject, predicate=predicate, object_id=oid, object=obj, score=score
+    )
 
 
-def line(text: str, score: float = 0.95, x: float = 0, y: float = 0, w: float = 40, h: float = 10) -> TextLine:
+def line(
+    text: str, score: float = 0.95, x: float = 0, y: float = 0, w: float = 40, h: float = 10
+) -> TextLine:
     return TextLine(text=text, score=score, polygon=[[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
 
 
-SEGMENTS = [segment("sky-other-merged", [0, 0, 200, 41], 0.95, 2), segment("person", [24, 30, 86, 68], 0.99, 1)]
-DETECTIONS = [detection("park bench", [20, 70, 70, 95], 0.6), detection("golden retriever", [122, 52, 160, 77], 0.8)]
-RELATIONS = [relation("person (#2)", "beside", "person (#1)", 0.85, 2, 1),
-             relation("person (#1)", "sitting on", "bench", 0.93, 1, 3)]
+SEGMENTS = [
+    segment("sky-other-merged", [0, 0, 200, 41], 0.95, 2),
+    segment("person", [24, 30, 86, 68], 0.99, 1),
+]
+DETECTIONS = [
+    detection("park bench", [20, 70, 70, 95], 0.6),
+    detection("golden retriever", [122, 52, 160, 77], 0.8),
+]
+RELATIONS = [
+    relation("person (#2)", "beside", "person (#1)", 0.85, 2, 1),
+    relation("person (#1)", "sitting on", "bench", 0.93, 1, 3),
+]
 OCR = [line("Main St", 0.9, y=50), line("STOP", 0.97, y=10)]
 
-SEGMENTATION_TEXT = ("The image includes bounding box coordinates and their objects: "
-                     "[0.12, 0.30, 0.55, 0.98] person, and [0.00, 0.00, 1.00, 0.41] sky.")
-DETECTION_TEXT = ("The image includes bounding box coordinates and their objects: "
-                  "[0.61, 0.52, 0.80, 0.77] golden retriever, and [0.10, 0.70, 0.35, 0.95] park bench.")
-SGG_TEXT = ("The image includes relationships between objects: "
-            "person (#1) is sitting on bench, and person (#2) is beside person (#1).")
+SEGMENTATION_TEXT = (
+    "The image includes bounding box coordinates and their objects: "
+    "[0.12, 0.30, 0.55, 0.98] person, and [0.00, 0.00, 1.00, 0.41] sky."
+)
+DETECTION_TEXT = (
+    "The image includes bounding box coordinates and their objects: "
+    "[0.61, 0.52, 0.80, 0.77] golden retriever, and [0.10, 0.70, 0.35, 0.95] park bench."
+)
+SGG_TEXT = (
+    "The image includes relationships between objects: "
+    "person (#1) is sitting on bench, and person (#2) is beside person (#1)."
+)
 OCR_TEXT = "The image includes text descriptions: STOP, and Main St."
 
 
@@ -69,8 +96,13 @@ def test_each_sentence_matches_moai_template():
 def test_aux_text_joins_the_four_sentences_in_moai_order():
     aux = verbalize({"ocr": OCR, "sgg": RELATIONS, "detection": DETECTIONS, "segmentation": SEGMENTS}, W, H)
     assert aux.text == " ".join([SEGMENTATION_TEXT, DETECTION_TEXT, SGG_TEXT, OCR_TEXT])
-    assert aux.columns() == {"text": aux.text, "segmentation_text": SEGMENTATION_TEXT,
-                             "detection_text": DETECTION_TEXT, "sgg_text": SGG_TEXT, "ocr_text": OCR_TEXT}
+    assert aux.columns() == {
+        "text": aux.text,
+        "segmentation_text": SEGMENTATION_TEXT,
+        "detection_text": DETECTION_TEXT,
+        "sgg_text": SGG_TEXT,
+        "ocr_text": OCR_TEXT,
+    }
 
 
 def test_final_period_is_always_appended_as_in_moai():
@@ -79,8 +111,10 @@ def test_final_period_is_always_appended_as_in_moai():
 
 
 def test_single_item_has_no_joiner():
-    assert verbalize_detections([detection("dog", [0, 0, 100, 50])], W, H) == \
-        "The image includes bounding box coordinates and their objects: [0.00, 0.00, 0.50, 0.50] dog."
+    assert (
+        verbalize_detections([detection("dog", [0, 0, 100, 50])], W, H)
+        == "The image includes bounding box coordinates and their objects: [0.00, 0.00, 0.50, 0.50] dog."
+    )
 
 
 # ----------------------------------------------------------------------------- empty and partial inputs
@@ -142,8 +176,12 @@ def test_sgg_keeps_top_ten_then_threshold():
     assert "thing9 " in text and "thing10 " not in text
     assert verbalize_relations(many, VerbalizeConfig(sgg_top_k=3)).count(" is near ") == 3
     # Of the 3 best, two are below 0.8: one relation is left.
-    mixed = [relation("a", "on", "b", 0.9), relation("c", "on", "d", 0.7), relation("e", "on", "f", 0.6),
-             relation("g", "on", "h", 0.5)]
+    mixed = [
+        relation("a", "on", "b", 0.9),
+        relation("c", "on", "d", 0.7),
+        relation("e", "on", "f", 0.6),
+        relation("g", "on", "h", 0.5),
+    ]
     assert verbalize_relations(mixed, VerbalizeConfig(sgg_top_k=3)).endswith(": a is on b.")
 
 
@@ -151,36 +189,49 @@ def test_segment_labels_unlabeled_excluded_by_default():
     segments = [segment("unlabeled", [0, 0, 200, 20], 0.99), segment("dog", [0, 50, 100, 100], 0.9)]
     assert verbalize_segments(segments, W, H).endswith(": [0.00, 0.50, 0.50, 1.00] dog.")
     assert verbalize_segments(segments, W, H, VerbalizeConfig(include_unlabeled=True)).endswith(
-        ": [0.00, 0.00, 1.00, 0.20] unlabeled, and [0.00, 0.50, 0.50, 1.00] dog.")
+        ": [0.00, 0.00, 1.00, 0.20] unlabeled, and [0.00, 0.50, 0.50, 1.00] dog."
+    )
 
 
 # ----------------------------------------------------------------------------- numbers
 
 
-@pytest.mark.parametrize("box, size, expected", [
-    ([1, 3, 199, 8], (8, 8), "[0.12, 0.38, 1.00, 1.00]"),  # 0.125 -> 0.12, 0.375 -> 0.38 (half to even)
-    ([1, 0, 199, 100], (200, 100), "[0.01, 0.00, 0.99, 1.00]"),  # 0.005 -> 0.01, 0.995 -> 0.99 (binary value)
-    ([61.25, 0, 490, 490], (490, 490), "[0.12, 0.00, 1.00, 1.00]"),  # MoAI's 490 px frame
-    ([-5, -3, 250, 120], (200, 100), "[0.00, 0.00, 1.00, 1.00]"),  # clamped to the image
-    ([-0.0, -0.0, 0, 0], (200, 100), "[0.00, 0.00, 0.00, 0.00]"),  # never "-0.00"
-])
+@pytest.mark.parametrize(
+    "box, size, expected",
+    [
+        ([1, 3, 199, 8], (8, 8), "[0.12, 0.38, 1.00, 1.00]"),  # 0.125 -> 0.12, 0.375 -> 0.38 (half to even)
+        (
+            [1, 0, 199, 100],
+            (200, 100),
+            "[0.01, 0.00, 0.99, 1.00]",
+        ),  # 0.005 -> 0.01, 0.995 -> 0.99 (binary value)
+        ([61.25, 0, 490, 490], (490, 490), "[0.12, 0.00, 1.00, 1.00]"),  # MoAI's 490 px frame
+        ([-5, -3, 250, 120], (200, 100), "[0.00, 0.00, 1.00, 1.00]"),  # clamped to the image
+        ([-0.0, -0.0, 0, 0], (200, 100), "[0.00, 0.00, 0.00, 0.00]"),  # never "-0.00"
+    ],
+)
 def test_box_formatting(box, size, expected):
     assert format_box(box, *size) == expected
 
 
 def test_segment_bbox_is_coco_xywh():
     assert verbalize_segments([segment("cat", [50, 25, 100, 50])], W, H).endswith(
-        ": [0.25, 0.25, 0.75, 0.75] cat.")
+        ": [0.25, 0.25, 0.75, 0.75] cat."
+    )
 
 
 # ----------------------------------------------------------------------------- order
 
 
 def test_objects_ordered_by_score_then_position():
-    dets = [detection("b", [100, 0, 110, 10], 0.7), detection("a", [50, 0, 60, 10], 0.7),
-            detection("c", [0, 0, 10, 10], 0.9)]
+    dets = [
+        detection("b", [100, 0, 110, 10], 0.7),
+        detection("a", [50, 0, 60, 10], 0.7),
+        detection("c", [0, 0, 10, 10], 0.9),
+    ]
     assert verbalize_detections(dets, W, H).endswith(
-        ": [0.00, 0.00, 0.05, 0.10] c, and [0.25, 0.00, 0.30, 0.10] a, and [0.50, 0.00, 0.55, 0.10] b.")
+        ": [0.00, 0.00, 0.05, 0.10] c, and [0.25, 0.00, 0.30, 0.10] a, and [0.50, 0.00, 0.55, 0.10] b."
+    )
     assert verbalize_detections(dets[::-1], W, H) == verbalize_detections(dets, W, H)
 
 
@@ -190,10 +241,17 @@ def test_relations_ties_are_ordered_by_ids():
 
 
 def test_ocr_reading_order_rows_then_left_to_right():
-    lines = [line("world", x=60, y=12), line("second row", y=40), line("hello", x=0, y=10),
-             TextLine("no box", 0.9, []), line("   ", y=70), line("two\n words", y=80)]
-    assert verbalize_ocr(lines) == ("The image includes text descriptions: "
-                                    "hello, and world, and second row, and two words, and no box.")
+    lines = [
+        line("world", x=60, y=12),
+        line("second row", y=40),
+        line("hello", x=0, y=10),
+        TextLine("no box", 0.9, []),
+        line("   ", y=70),
+        line("two\n words", y=80),
+    ]
+    assert verbalize_ocr(lines) == (
+        "The image includes text descriptions: hello, and world, and second row, and two words, and no box."
+    )
 
 
 # ----------------------------------------------------------------------------- stored records
@@ -226,7 +284,10 @@ def test_relations_from_the_scene_graph_expert_verbalize():
     dets = [detection("dining table", [100, 200, 500, 400]), detection("cup", [250, 140, 310, 200])]
     expert = build_scene_graph({})
     (out,) = expert([ImageInput(1, np.zeros((480, 640, 3), np.uint8), {"detection": dets})])
-    assert verbalize_relations(out.records) == "The image includes relationships between objects: cup is on dining table."
+    assert (
+        verbalize_relations(out.records)
+        == "The image includes relationships between objects: cup is on dining table."
+    )
 
 
 # ----------------------------------------------------------------------------- config
@@ -234,8 +295,14 @@ def test_relations_from_the_scene_graph_expert_verbalize():
 
 def test_config_defaults_are_moai_thresholds_and_hash_versions_the_text():
     config = VerbalizeConfig()
-    assert config.to_dict() == {"segmentation_threshold": 0.5, "detection_threshold": 0.5, "sgg_top_k": 10,
-                                "sgg_threshold": 0.8, "ocr_threshold": 0.85, "include_unlabeled": False}
+    assert config.to_dict() == {
+        "segmentation_threshold": 0.5,
+        "detection_threshold": 0.5,
+        "sgg_top_k": 10,
+        "sgg_threshold": 0.8,
+        "ocr_threshold": 0.85,
+        "include_unlabeled": False,
+    }
     assert VerbalizeConfig.from_mapping(config.to_dict()) == config
     assert VerbalizeConfig.from_mapping(None) == config
     assert config.config_hash() == VerbalizeConfig().config_hash()
@@ -245,17 +312,22 @@ def test_config_defaults_are_moai_thresholds_and_hash_versions_the_text():
         config.ocr_threshold = 0.5  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("mapping", [{"ocr_treshold": 0.9}, {"sgg_threshold": 1.5}, {"sgg_top_k": -1},
-                                     {"include_unlabeled": "no"}])
+@pytest.mark.parametrize(
+    "mapping", [{"ocr_treshold": 0.9}, {"sgg_threshold": 1.5}, {"sgg_top_k": -1}, {"include_unlabeled": "no"}]
+)
 def test_bad_config_is_a_user_error(mapping):
     with pytest.raises(UserError):
         VerbalizeConfig.from_mapping(mapping)
 
 
 def test_yaml_number_spellings_hash_alike():
-    assert VerbalizeConfig.from_mapping({"detection_threshold": 1, "sgg_top_k": "10"}) == \
-        VerbalizeConfig(detection_threshold=1.0)
-    assert VerbalizeConfig(detection_threshold=1).config_hash() == VerbalizeConfig(detection_threshold=1.0).config_hash()
+    assert VerbalizeConfig.from_mapping({"detection_threshold": 1, "sgg_top_k": "10"}) == VerbalizeConfig(
+        detection_threshold=1.0
+    )
+    assert (
+        VerbalizeConfig(detection_threshold=1).config_hash()
+        == VerbalizeConfig(detection_threshold=1.0).config_hash()
+    )
 
 
 def test_columns_match_the_warehouse_aux_text_table():

@@ -46,7 +46,9 @@ class HFTokenizer:
         self.tokenizer, self.source, self.gguf_file = tokenizer, source, gguf_file
         self.bos_token_id = tokenizer.bos_token_id  # None for e.g. Qwen2: the prompt then starts at <image>
         self.eos_token_id = tokenizer.eos_token_id
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        )
         self.vocab_size = len(tokenizer)
 
     def encode(self, text: str) -> list[int]:
@@ -57,7 +59,7 @@ class HFTokenizer:
 
 
 def make_tokenizer(spec: str, model_cfg=None):
-    """"byte": ByteTokenizer. "auto": ByteTokenizer for the tiny random LLMs, else the LLM's own tokenizer.
+    """ "byte": ByteTokenizer. "auto": ByteTokenizer for the tiny random LLMs, else the LLM's own tokenizer.
     Anything else: a tokenizer hub id or local folder."""
     llm = getattr(model_cfg, "llm", "tiny-llama")
     if spec == "byte" or (spec == "auto" and llm.startswith("tiny-")):
@@ -97,8 +99,9 @@ def image_tensor(array: np.ndarray, mean, std) -> torch.Tensor:
     return torch.from_numpy(x).permute(2, 0, 1).contiguous()
 
 
-def load_examples(wh: Warehouse, dataset: str, splits: list[str] | None = None,
-                  aux_config_hash: str | None = None) -> pa.Table:
+def load_examples(
+    wh: Warehouse, dataset: str, splits: list[str] | None = None, aux_config_hash: str | None = None
+) -> pa.Table:
     """One row per instruction with its image file and the image's aux text (latest version by default)."""
     split_filter = ""
     params: list = [dataset]
@@ -176,8 +179,15 @@ class InstructionDataset(Dataset):
         prompt = format_prompt(row["question"], tok, cfg.image_token_id, cfg.max_prompt_tokens)
         answer = tok.encode(" " + row["answer"])[: cfg.max_answer_tokens] + [tok.eos_token_id]
         aux = tok.encode(row["aux_text"])[: cfg.max_aux_tokens] if cfg.use_aux else []
-        return {"index": index, "prompt": prompt, "answer": answer, "aux": aux, "pixel_values": self._image(row),
-                "answer_text": row["answer"], "type": row["type"]}
+        return {
+            "index": index,
+            "prompt": prompt,
+            "answer": answer,
+            "aux": aux,
+            "pixel_values": self._image(row),
+            "answer_text": row["answer"],
+            "type": row["type"],
+        }
 
 
 def collate(items: list[dict], pad_id: int) -> dict:
@@ -195,16 +205,22 @@ def collate(items: list[dict], pad_id: int) -> dict:
         seq = item["prompt"] + item["answer"]
         input_ids[b, : len(seq)] = torch.tensor(seq)
         attention_mask[b, : len(seq)] = 1
-        labels[b, len(item["prompt"]): len(seq)] = torch.tensor(item["answer"])
+        labels[b, len(item["prompt"]) : len(seq)] = torch.tensor(item["answer"])
         if item["aux"]:
             aux_ids[b, : len(item["aux"])] = torch.tensor(item["aux"])
             aux_mask[b, : len(item["aux"])] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "aux_input_ids": aux_ids, "aux_attention_mask": aux_mask,
-            "pixel_values": torch.stack([i["pixel_values"] for i in items]),
-            "prompt_lengths": torch.tensor([len(i["prompt"]) for i in items]),
-            "index": torch.tensor([i["index"] for i in items]),
-            "answer_text": [i["answer_text"] for i in items], "type": [i["type"] for i in items]}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "aux_input_ids": aux_ids,
+        "aux_attention_mask": aux_mask,
+        "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+        "prompt_lengths": torch.tensor([len(i["prompt"]) for i in items]),
+        "index": torch.tensor([i["index"] for i in items]),
+        "answer_text": [i["answer_text"] for i in items],
+        "type": [i["type"] for i in items],
+    }
 
 
 class EpochBatchSampler(Sampler):
@@ -216,8 +232,16 @@ class EpochBatchSampler(Sampler):
     full epoch: Lightning counts a resumed epoch's already-consumed batches as done (as it does for
     any resumable loader), so its end-of-epoch bookkeeping needs the whole length."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, progress=None):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        progress=None,
+    ):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.epoch, self.start_step = 0, 0
@@ -241,7 +265,7 @@ class EpochBatchSampler(Sampler):
         order, G = self.order(self.epoch), self.batch_size * self.world_size
         for step in range(self.start_step, self.steps_per_epoch()):
             start = step * G + self.rank * self.batch_size
-            yield order[start: start + self.batch_size]
+            yield order[start : start + self.batch_size]
         self.start_step = 0
 
 
@@ -278,17 +302,29 @@ class _WarehouseData:
         wh = Warehouse(self.cfg.warehouse)
         corpus = resolve_corpus(self.cfg.dataset)
         image_dirs = {s: corpus.image_dir(s) for s in corpus.splits}
-        self.train_set = InstructionDataset(load_examples(wh, self.cfg.dataset, self.cfg.train_splits),
-                                            corpus.root, self.tokenizer, self.cfg, image_dirs)
+        self.train_set = InstructionDataset(
+            load_examples(wh, self.cfg.dataset, self.cfg.train_splits),
+            corpus.root,
+            self.tokenizer,
+            self.cfg,
+            image_dirs,
+        )
         if len(self.train_set) == 0:
             from pipeline.errors import UserError
 
-            raise UserError(f"No training examples for dataset '{self.cfg.dataset}' in {self.cfg.warehouse}: "
-                            "annotate it first (make annotate) and import its instructions.")
+            raise UserError(
+                f"No training examples for dataset '{self.cfg.dataset}' in {self.cfg.warehouse}: "
+                "annotate it first (make annotate) and import its instructions."
+            )
         self.val_set = None
         if self.cfg.val_splits:
-            self.val_set = InstructionDataset(load_examples(wh, self.cfg.dataset, self.cfg.val_splits),
-                                              corpus.root, self.tokenizer, self.cfg, image_dirs)
+            self.val_set = InstructionDataset(
+                load_examples(wh, self.cfg.dataset, self.cfg.val_splits),
+                corpus.root,
+                self.tokenizer,
+                self.cfg,
+                image_dirs,
+            )
 
     def _collate(self, items):
         return collate(items, self.tokenizer.pad_token_id)
@@ -297,22 +333,36 @@ class _WarehouseData:
         trainer = getattr(self, "trainer", None)
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        sampler = EpochBatchSampler(len(self.train_set), self.cfg.batch_size, self.cfg.seed, rank, world,
-                                    progress=self)
+        sampler = EpochBatchSampler(
+            len(self.train_set), self.cfg.batch_size, self.cfg.seed, rank, world, progress=self
+        )
         if sampler.steps_per_epoch() == 0:
             from pipeline.errors import UserError
 
-            raise UserError(f"{len(self.train_set)} training examples do not fill one global batch of "
-                            f"{self.cfg.batch_size} × {world} ranks; lower data.batch_size")
+            raise UserError(
+                f"{len(self.train_set)} training examples do not fill one global batch of "
+                f"{self.cfg.batch_size} × {world} ranks; lower data.batch_size"
+            )
         self._train_sampler = sampler
-        return ResumableDataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                                   collate_fn=self._collate, persistent_workers=False, progress=self)
+        return ResumableDataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=self._collate,
+            persistent_workers=False,
+            progress=self,
+        )
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, collate_fn=self._collate)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=self.cfg.num_workers,
+            collate_fn=self._collate,
+        )
 
     # Progress is advanced by the training loop (see trainer.train.DataProgress) so that prefetched but
     # unconsumed batches are never counted.
@@ -332,8 +382,15 @@ def __getattr__(name: str):
     if name == "WarehouseDataModule":
         import lightning.pytorch as pl
 
-        cls = type("WarehouseDataModule", (_WarehouseData, pl.LightningDataModule),
-                   {"__module__": __name__, "__qualname__": "WarehouseDataModule", "__doc__": _WarehouseData.__doc__})
+        cls = type(
+            "WarehouseDataModule",
+            (_WarehouseData, pl.LightningDataModule),
+            {
+                "__module__": __name__,
+                "__qualname__": "WarehouseDataModule",
+                "__doc__": _WarehouseData.__doc__,
+            },
+        )
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -118,14 +118,25 @@ def _exported_state(model: MoAI) -> dict[str, torch.Tensor]:
 
 def tokenizer_description(tokenizer, out_dir: Path) -> dict:
     if isinstance(tokenizer, ByteTokenizer):
-        return {"kind": "byte", "vocab_size": ByteTokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                "image_token_id": tokenizer.image_token_id}
+        return {
+            "kind": "byte",
+            "vocab_size": ByteTokenizer.vocab_size,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "image_token_id": tokenizer.image_token_id,
+        }
     if isinstance(tokenizer, HFTokenizer):
         tokenizer.tokenizer.save_pretrained(out_dir / "tokenizer")
-        return {"kind": "hf", "path": "tokenizer", "source": tokenizer.source, "gguf_file": tokenizer.gguf_file,
-                "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                "pad_token_id": tokenizer.pad_token_id}
+        return {
+            "kind": "hf",
+            "path": "tokenizer",
+            "source": tokenizer.source,
+            "gguf_file": tokenizer.gguf_file,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     raise TypeError(f"cannot describe tokenizer {type(tokenizer).__name__}")
 
 
@@ -148,8 +159,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     save_file(_exported_state(model), str(out / "weights.safetensors"), metadata={"format": FORMAT})
     description = tokenizer_description(make_tokenizer(dcfg.tokenizer, mcfg), out)
     (out / "tokenizer.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
-    meta = {"format": FORMAT, "checkpoint": str(path), "global_step": ckpt.get("global_step"),
-            "parameters": model.parameter_counts(), "backbone_fingerprints": backbone_fingerprints(model)}
+    meta = {
+        "format": FORMAT,
+        "checkpoint": str(path),
+        "global_step": ckpt.get("global_step"),
+        "parameters": model.parameter_counts(),
+        "backbone_fingerprints": backbone_fingerprints(model),
+    }
     (out / "export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return out
 
@@ -168,8 +184,10 @@ def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
         expected, found = meta.get("backbone_fingerprints", {}), backbone_fingerprints(model)
         bad = sorted(k for k in expected if found.get(k) != expected[k])
         if bad:
-            raise RuntimeError(f"the rebuilt random {', '.join(bad)} differs from the exported model's "
-                               "(different torch/transformers init?); re-export with these versions")
+            raise RuntimeError(
+                f"the rebuilt random {', '.join(bad)} differs from the exported model's "
+                "(different torch/transformers init?); re-export with these versions"
+            )
     state = load_file(str(out / "weights.safetensors"))
     missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
     if missing:

@@ -24,9 +24,17 @@ def qa_rows(corpus: Corpus, split: str) -> Iterator[dict]:
     if not path.is_file():
         return
     for i, q in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-        yield {"dataset": corpus.name, "split": split, "image_id": int(q["image_id"]), "source": "qa",
-               "sample_id": f"qa:{split}:{i}", "turn": 0, "type": q.get("type", ""),
-               "question": q["question"], "answer": q["answer"]}
+        yield {
+            "dataset": corpus.name,
+            "split": split,
+            "image_id": int(q["image_id"]),
+            "source": "qa",
+            "sample_id": f"qa:{split}:{i}",
+            "turn": 0,
+            "type": q.get("type", ""),
+            "question": q["question"],
+            "answer": q["answer"],
+        }
 
 
 def caption_rows(corpus: Corpus, split: str) -> Iterator[dict]:
@@ -34,9 +42,17 @@ def caption_rows(corpus: Corpus, split: str) -> Iterator[dict]:
     if not path.is_file():
         return
     for ann in json.loads(path.read_text(encoding="utf-8")).get("annotations", []):
-        yield {"dataset": corpus.name, "split": split, "image_id": int(ann["image_id"]), "source": "coco-captions",
-               "sample_id": f"caption:{ann['id']}", "turn": 0, "type": "caption",
-               "question": CAPTION_PROMPT, "answer": ann["caption"].strip()}
+        yield {
+            "dataset": corpus.name,
+            "split": split,
+            "image_id": int(ann["image_id"]),
+            "source": "coco-captions",
+            "sample_id": f"caption:{ann['id']}",
+            "turn": 0,
+            "type": "caption",
+            "question": CAPTION_PROMPT,
+            "answer": ann["caption"].strip(),
+        }
 
 
 def llava_rows(path: Path, dataset: str, split: str, file_to_id: dict[str, int]) -> Iterator[dict]:
@@ -50,15 +66,26 @@ def llava_rows(path: Path, dataset: str, split: str, file_to_id: dict[str, int])
             human, gpt = turns[t], turns[t + 1]
             if human.get("from") != "human" or gpt.get("from") not in ("gpt", "assistant"):
                 continue
-            yield {"dataset": dataset, "split": split, "image_id": file_to_id[image], "source": "llava",
-                   "sample_id": f"llava:{record.get('id', image)}:{t // 2}", "turn": t // 2, "type": "conversation",
-                   "question": human["value"].replace("<image>", "").strip(), "answer": gpt["value"].strip()}
+            yield {
+                "dataset": dataset,
+                "split": split,
+                "image_id": file_to_id[image],
+                "source": "llava",
+                "sample_id": f"llava:{record.get('id', image)}:{t // 2}",
+                "turn": t // 2,
+                "type": "conversation",
+                "question": human["value"].replace("<image>", "").strip(),
+                "answer": gpt["value"].strip(),
+            }
 
 
 def import_instructions(wh: Warehouse, corpus: Corpus, llava_json: Path | None = None) -> int:
     """Import every known source for `corpus`; returns the number of new rows."""
-    existing = set(wh.query("SELECT sample_id FROM instructions WHERE dataset = ?", [corpus.name])
-                   .column("sample_id").to_pylist())
+    existing = set(
+        wh.query("SELECT sample_id FROM instructions WHERE dataset = ?", [corpus.name])
+        .column("sample_id")
+        .to_pylist()
+    )
     rows: list[dict] = []
     for split in corpus.splits:
         rows.extend(qa_rows(corpus, split))

@@ -169,10 +169,17 @@ def run_dir_of(cfg: dict, config_path: str | Path) -> Path:
 
 def trainer_arguments(cfg: dict, mcfg: MoAIConfig, dcfg: DataConfig) -> dict[str, Any]:
     """Lightning.Trainer keyword arguments: defaults, then the config's `trainer` section, then fixes."""
-    args = {"max_steps": 300, "log_every_n_steps": 5, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "accelerator": "auto", "devices": 1,
-            # EpochBatchSampler already gives each rank its own slice; Lightning must not wrap it
-            "use_distributed_sampler": False, **cfg["trainer"]}
+    args = {
+        "max_steps": 300,
+        "log_every_n_steps": 5,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "accelerator": "auto",
+        "devices": 1,
+        # EpochBatchSampler already gives each rank its own slice; Lightning must not wrap it
+        "use_distributed_sampler": False,
+        **cfg["trainer"],
+    }
     if not dcfg.val_splits:
         args.setdefault("limit_val_batches", 0)  # no val split: skip the validation loop entirely
     args["strategy"] = make_strategy(args.get("strategy", "auto"), step1=mcfg.mode == "step1")
@@ -206,8 +213,12 @@ def make_strategy(value: Any, step1: bool = False) -> Any:
     return value
 
 
-def train(config_path: str | Path, resume: str | None = None, overrides: dict | None = None,
-          callbacks: list | None = None) -> Path:
+def train(
+    config_path: str | Path,
+    resume: str | None = None,
+    overrides: dict | None = None,
+    callbacks: list | None = None,
+) -> Path:
     """Train as configured; returns the run folder. `resume`: a checkpoint to continue from exactly
     (model, optimizer, schedule and data position; its run folder's metrics.csv is continued);
     `overrides`: {section: {key: value}} on top of the YAML; `callbacks`: extra Lightning callbacks."""
@@ -225,8 +236,11 @@ def train(config_path: str | Path, resume: str | None = None, overrides: dict | 
         prepare_instructions(dcfg)
     run_dir = run_dir_of(cfg, config_path)
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True,
-                                 every_n_train_steps=int(run.get("checkpoint_every", 100)))
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        save_last=True,
+        every_n_train_steps=int(run.get("checkpoint_every", 100)),
+    )
     extra = [TorchThreads(threads)] if threads else []
     previous = None
     with warnings.catch_warnings():
@@ -234,7 +248,10 @@ def train(config_path: str | Path, resume: str | None = None, overrides: dict | 
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer = pl.Trainer(
             default_root_dir=run_dir,
-            logger=[CSVLogger(run_dir, name="", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
+            logger=[
+                CSVLogger(run_dir, name="", version=""),
+                TensorBoardLogger(run_dir, name="tb", version=""),
+            ],
             callbacks=[checkpoint, DataProgress(), LearningRateMonitor("step"), *extra, *(callbacks or [])],
             **trainer_arguments(cfg, mcfg, dcfg),
         )
@@ -310,8 +327,10 @@ def plot_run(run_dir: Path) -> None:
             line = ax.plot(steps, values, alpha=0.35 if key == "train_loss" else 1.0, label=key)[0]
             if key == "train_loss" and len(values) > 4:  # one batch is noisy: add a moving average
                 k = max(2, len(values) // 12)
-                smooth = [sum(values[max(0, i - k + 1): i + 1]) / (i + 1 - max(0, i - k + 1))
-                          for i in range(len(values))]
+                smooth = [
+                    sum(values[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1))
+                    for i in range(len(values))
+                ]
                 ax.plot(steps, smooth, color=line.get_color(), label=f"train_loss (mean of {k})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

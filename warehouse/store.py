@@ -159,6 +159,32 @@ class Warehouse:
             shutil.rmtree(staging, ignore_errors=True)
         return commit_id
 
+    def _merge_files(self, partition: str, rels: list[str], schema: pa.Schema) -> list[str]:
+        """Stream the files' row groups into new files of at most ~TARGET_FILE_BYTES (memory: one row group)."""
+        schema = schema.remove(schema.get_field_index("dataset"))  # the partition path carries it
+        out: list[str] = []
+        writer, written = None, 0
+        try:
+            for r in rels:
+                source = pq.ParquetFile(self.root / r)
+                for i in range(source.num_row_groups):
+                    group = source.read_row_group(i).cast(schema)
+                    if writer is None or written >= TARGET_FILE_BYTES:
+                        if writer is not None:
+                            writer.close()
+                        out.append(f"{partition}/part-compact-{uuid.uuid4().hex[:16]}.parquet")
+                        target = self.root / "_staging" / out[-1]
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        writer, written = pq.ParquetWriter(target, schema, compression="zstd"), 0
+                    writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+                    written += group.nbytes
+        finally:
+            if writer is not None:
+                writer.close()
+        for rel in out:
+            os.replace(self.root / "_staging" / rel, self.root / rel)
+        return out
+
     def compact(self, tables: Iterable[str] | None = None, min_files: int = COMPACT_WHEN_FILES) -> int:
         """Merge partitions holding many small files into few large ones. Returns files removed."""
         removed = 0
@@ -172,16 +198,9 @@ class Warehouse:
                 for partition, rels in by_partition.items():
                     if len(rels) < min_files:
                         continue
-                    merged = pa.concat_tables(
-                        [pq.read_table(self.root / r) for r in rels], promote_options="default"
-                    )
-                    rel = f"{partition}/part-compact-{uuid.uuid4().hex[:16]}.parquet"
-                    tmp = self.root / "_staging" / rel
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(merged, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                    os.replace(tmp, self.root / rel)
+                    new_rels = self._merge_files(partition, rels, TABLES[table])
                     keep = [r for r in manifest["tables"][table] if r not in set(rels)]
-                    manifest["tables"][table] = keep + [rel]
+                    manifest["tables"][table] = keep + new_rels
                     self._publish(manifest)
                     for r in rels:
                         (self.root / r).unlink(missing_ok=True)
