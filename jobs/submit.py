@@ -50,11 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-upload", action="store_true", help="the cluster shares this file system")
     parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment variable for the job (repeatable), e.g. MOAI_DATA=/data",
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
+    parser.add_argument(
         "annotate_args", nargs=argparse.REMAINDER, help="arguments for moai annotate (after --)"
     )
     args = parser.parse_args(argv)
     annotate_args = [a for a in args.annotate_args if a != "--"]
-    job_id, status, logs = submit(args.address, annotate_args, upload=not args.no_upload)
+    env = dict(item.split("=", 1) for item in args.env)
+    job_id, status, logs = submit(
+        args.address, annotate_args, upload=not args.no_upload, env=env, timeout_s=args.timeout
+    )
     print(logs)
     print(f"job {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1

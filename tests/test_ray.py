@@ -70,8 +70,6 @@ def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos):
 
 
 def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
-    from jobs.submit import submit
-
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -98,12 +96,7 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
     )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        job_env = {
-            "MOAI_DATA": str(tmp_path / "data"),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token),
-        }
+        # a separate client process, as a user would run it (this process may hold another cluster's token)
         args = [
             "--dataset",
             "three",
@@ -117,16 +110,32 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
             "ray",
             "--allow-random-weights",
         ]
-        job_id, status, logs = submit(
-            f"http://127.0.0.1:{dashboard}", args, upload=True, env=job_env, timeout_s=240
+        job_env = [f"MOAI_DATA={tmp_path / 'data'}", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN_PATH={token}"]
+        client = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.submit",
+                "--address",
+                f"http://127.0.0.1:{dashboard}",
+                "--timeout",
+                "240",
+                *[f"--env={e}" for e in job_env],
+                "--",
+                *args,
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
-        assert status == "SUCCEEDED", logs[-3000:]
+        logs = client.stdout
+        assert client.returncode == 0 and "SUCCEEDED" in logs, (logs + client.stderr)[-3000:]
         assert "annotate three" in logs and "ray cluster at" in logs
         wh = Warehouse(tmp_path / "wh")
         assert wh.query("SELECT count(*) AS n FROM images").to_pylist() == [{"n": 3}]
         assert wh.query("SELECT count(*) AS n FROM errors").to_pylist() == [{"n": 1}]
     finally:
-        for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
-            os.environ.pop(key, None)
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
