@@ -38,6 +38,22 @@ class ImageInput:
     # prompted with upstream["detection"]; sgg reads upstream["segmentation"] / ["detection"]).
     upstream: dict[str, list[Any]] = field(default_factory=dict)
 
+    def rgb(self) -> np.ndarray:
+        """The image, after checking it is what every expert expects (HxWx3 uint8, non-empty)."""
+        image = self.image
+        if not (
+            isinstance(image, np.ndarray)
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.dtype == np.uint8
+            and min(image.shape[:2]) > 0
+        ):
+            raise ValueError(
+                f"image {self.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} "
+                f"{getattr(image, 'shape', None)}"
+            )
+        return image
+
     @property
     def height(self) -> int:
         return int(self.image.shape[0])

@@ -228,22 +228,6 @@ class _Detector(Expert):
         ]
 
 
-def _check_image(item: ImageInput) -> np.ndarray:
-    image = item.image
-    if not (
-        isinstance(image, np.ndarray)
-        and image.ndim == 3
-        and image.shape[2] == 3
-        and image.dtype == np.uint8
-        and min(image.shape[:2]) > 0
-    ):
-        shape = getattr(image, "shape", None)
-        raise ValueError(
-            f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} {shape}"
-        )
-    return image
-
-
 def read_class_names(spec: str) -> list[str]:
     """Class names, one per non-blank line of a text file; "coco80" is the built-in COCO list."""
     if spec == "coco80":
@@ -440,7 +424,7 @@ class UltralyticsDetector(_Detector):
         if self.yolo is None:
             raise RuntimeError("call load() before predict()")
         records: list[list[Detection]] = [[] for _ in batch]
-        for indices in same_shape_groups([_check_image(item) for item in batch]):
+        for indices in same_shape_groups([item.rgb() for item in batch]):
             # ultralytics reads numpy images as BGR (OpenCV's order); ours are RGB.
             images = [np.ascontiguousarray(batch[i].image[..., ::-1]) for i in indices]
             results = self.yolo.predict(
@@ -839,7 +823,7 @@ class OnnxDetector(_Detector):
         return [self._predict_one(item) for item in batch]
 
     def _predict_one(self, item: ImageInput) -> list[Detection]:
-        tensor, placement = self.input.tensor(_check_image(item))
+        tensor, placement = self.input.tensor(item.rgb())
         outputs = self.session.run(None, {self.input.name: tensor})
         candidates = self._decode(outputs)
         boxes = placement.to_original(candidates.boxes)

@@ -157,22 +157,6 @@ def to_lines(raw: Sequence[tuple[str, float, Any]], width: int, height: int, flo
     return reading_order(lines)
 
 
-def _check_image(item: ImageInput) -> np.ndarray:
-    image = item.image
-    if not (
-        isinstance(image, np.ndarray)
-        and image.ndim == 3
-        and image.shape[2] == 3
-        and image.dtype == np.uint8
-        and min(image.shape[:2]) > 0
-    ):
-        raise ValueError(
-            f"image {item.image_id}: expected HxWx3 uint8 RGB, got {type(image).__name__} "
-            f"{getattr(image, 'shape', None)}"
-        )
-    return image
-
-
 # ----------------------------------------------------------------------------- shared by all backends
 
 
@@ -273,7 +257,7 @@ class _OcrExpert(Expert):
             raise RuntimeError("call load() before predict()")
         results = []
         for item in batch:
-            image = _check_image(item)
+            image = item.rgb()
             results.append(
                 to_lines(self.run_engine(to_bgr(image)), item.width, item.height, self.score_threshold)
             )
