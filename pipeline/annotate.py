@@ -266,7 +266,7 @@ def run_annotation(
         progress = Progress(len(plan.rows), list(profile.experts))
         pending: dict[str, list[dict]] = {}
         n_pending = 0
-        for row in stream:
+        for row in _unwrap_worker_errors(stream):
             tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
             if not row["decode_reason"]:
                 tables.setdefault("aux_text", []).append(
@@ -353,6 +353,30 @@ def run_annotation(
     wh.compact()
     print_summary(out, corpus.name, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile)
     return 0
+
+
+def _unwrap_worker_errors(stream):
+    """Re-raise a user-facing error (e.g. a missing weight file) that an actor hit while loading its
+    model as that error, not as Ray's wrapper with a remote traceback."""
+    from pipeline.errors import WeightsError
+
+    try:
+        yield from stream
+    except UserError:
+        raise
+    except Exception as err:
+        cause = err
+        while cause is not None:
+            if isinstance(cause, UserError):
+                raise cause from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        text = str(err)
+        for kind in (WeightsError, UserError):
+            marker = f"{kind.__name__}: "
+            if marker in text:
+                message = text.split(marker, 1)[1].strip().splitlines()[0]
+                raise kind(message) from None
+        raise
 
 
 def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile) -> None:
