@@ -44,7 +44,7 @@ train: setup
 	$(BIN)/moai train --config "$(CONFIG)"
 
 eval: setup
-	$(BIN)/moai eval --dataset "$(DATASET)"
+	$(BIN)/moai eval --dataset "$(DATASET)" $(if $(MODEL),--model "$(MODEL)")
 
 sql: setup
 	$(BIN)/moai sql --shell

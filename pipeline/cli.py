@@ -138,11 +138,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_built(issue: int):
-    def run(args: argparse.Namespace) -> int:
-        raise UserError(f"`moai {args.command}` is not built yet (tracked in issue #{issue}).")
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
-    return run
+    from trainer.evaluate import evaluate, model_answer_fn, write_report
+
+    if not Path(args.model, "export.json").is_file():
+        raise UserError(
+            f"{args.model} is not an exported model; train one (make train) and export it with "
+            "`moai export run --run outputs/train/<run> --out <folder>`."
+        )
+    report = evaluate(
+        model_answer_fn(args.model),
+        args.warehouse or "outputs/warehouse",
+        args.dataset,
+        args.split or None,
+        args.limit,
+        use_aux=not args.no_aux,
+    )
+    out = Path(args.out or Path("outputs") / "eval" / f"{args.dataset}-{Path(args.model).name}")
+    write_report(report, out)
+    print((out / "results.md").read_text(), end="")
+    print(f"written to {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,10 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warehouse", default=None)
     p.set_defaults(func=_cmd_generate)
 
-    for name, issue in (("eval", 6),):
-        p = sub.add_parser(name, help=f"(issue #{issue})")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_not_built(issue))
+    p = sub.add_parser(
+        "eval", help="exact-match accuracy of an exported model over a QA table, by question type"
+    )
+    p.add_argument(
+        "--model", default="outputs/export/tiny-sample", help="a folder written by `moai export run`"
+    )
+    p.add_argument("--dataset", default="sample")
+    p.add_argument("--split", action="append", help="only these splits (repeatable)")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--no-aux", action="store_true", help="answer without the aux text")
+    p.add_argument("--warehouse", default=None)
+    p.add_argument("--out", default=None, help="report folder (default outputs/eval/<dataset>-<model>)")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -65,7 +65,7 @@ def test_datasets_lists_the_sample_corpus(tmp_path):
     assert (tmp_path / "sample" / "annotations" / "instances_val2017.json").is_file()
 
 
-def test_unbuilt_subcommands_say_so():
-    result = moai("eval")
+def test_eval_without_a_model_says_how_to_get_one(tmp_path):
+    result = moai("eval", "--model", str(tmp_path / "nothing"))
     _assert_clean_failure(result)
-    assert "issue #6" in result.stderr
+    assert "moai export run" in result.stderr
