@@ -21,7 +21,7 @@ from pipeline.corpus import resolve_corpus
 from pipeline.errors import UserError
 from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
 from pipeline.stages import new_row
-from warehouse.rows import DECODE_KEY, ROW_BUILDERS, records_from_table_row, table_rows_for
+from warehouse.rows import DECODE_KEY, ROW_BUILDERS, stored_records, table_rows_for
 from warehouse.store import Warehouse
 
 DEFAULT_WAREHOUSE = Path("outputs") / "warehouse"
@@ -44,23 +44,6 @@ def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
             cols["image_id"], cols["expert"], cols["config_hash"], cols["status"], strict=True
         )
     }
-
-
-def _stored_records(
-    wh: Warehouse, dataset: str, name: str, plan_hash: str, image_ids: set[int]
-) -> dict[int, list]:
-    """Committed records of one expert config, for images that need them as upstream input."""
-    if not image_ids:
-        return {}
-    table_name = ROW_BUILDERS[name][0]
-    order = "det_index" if name == "detection" else "line_index" if name == "ocr" else "rowid"
-    sql = f"SELECT * FROM {table_name} WHERE dataset = ? AND config_hash = ?"
-    rows = wh.query(sql, [dataset, plan_hash]).to_pylist()
-    out: dict[int, list] = {i: [] for i in image_ids}
-    for row in sorted(rows, key=lambda r: (r["image_id"], r.get(order, 0) or 0)):
-        if row["image_id"] in out:
-            out[row["image_id"]].append(records_from_table_row(name, row))
-    return out
 
 
 def aux_hash(verbalizer_hash: str, hashes: dict[str, str]) -> str:
@@ -102,7 +85,7 @@ def make_plan(
                 needs_stored[name].add(ref.image_id)
         rows.append((ref, todo))
     stored = {
-        n: _stored_records(wh, corpus.name, n, hashes[n], ids)
+        n: stored_records(wh, corpus.name, n, hashes[n], ids) if ids else {}
         for n, ids in needs_stored.items()
         if n in profile.experts
     }

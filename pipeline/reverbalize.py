@@ -1,6 +1,6 @@
 """`moai verbalize`: write a new `aux_text` version from stored rows, without running any model.
 
-For each expert it uses the config of that expert's most recent rows for the dataset; the new
+For each expert it uses the config of its most recent committed work for the dataset (the `done` ledger); the new
 version's key is (image_id, "aux", hash(verbalizer thresholds + those configs)), so running it twice
 with the same thresholds adds nothing.
 """
@@ -14,8 +14,7 @@ from datetime import datetime, timezone
 from annotators.verbalize import VerbalizeConfig, verbalize
 from pipeline.annotate import aux_hash
 from pipeline.errors import UserError
-from warehouse.export import latest_config
-from warehouse.rows import ROW_BUILDERS, records_from_table_row
+from warehouse.rows import ROW_BUILDERS, stored_records
 from warehouse.store import Warehouse
 
 
@@ -23,26 +22,17 @@ def reverbalize(wh: Warehouse, dataset: str, thresholds: dict) -> int:
     config = VerbalizeConfig.from_mapping(thresholds)
     hashes = {}
     records: dict[str, dict[int, list]] = {}
-    for name, (table, _) in ROW_BUILDERS.items():
-        chosen = latest_config(wh, table, dataset)
+    for name in ROW_BUILDERS:
+        # the newest committed config of each expert (from the ledger: a config may have produced no rows)
         done = wh.query(
             "SELECT config_hash FROM done WHERE dataset = ? AND expert = ? ORDER BY run_id DESC LIMIT 1",
             [dataset, name],
         ).to_pylist()
-        chosen = chosen or (done[0]["config_hash"] if done else None)
-        if chosen is None:
+        if not done:
             continue
+        chosen = done[0]["config_hash"]
         hashes[name] = chosen
-        by_image: dict[int, list] = {}
-        for row in wh.query(
-            f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ?", [dataset, chosen]
-        ).to_pylist():
-            by_image.setdefault(row["image_id"], []).append(row)
-        order = {"detection": "det_index", "ocr": "line_index", "segmentation": "segment_id"}.get(name)
-        records[name] = {
-            i: [records_from_table_row(name, r) for r in sorted(rows, key=lambda r: r.get(order) or 0)]
-            for i, rows in by_image.items()
-        }
+        records[name] = stored_records(wh, dataset, name, chosen)
     images = wh.query(
         "SELECT DISTINCT image_id, width, height FROM images WHERE dataset = ?", [dataset]
     ).to_pylist()

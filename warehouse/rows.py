@@ -188,3 +188,21 @@ def table_rows_for(row: dict, hashes: dict[str, str], decode_done: bool) -> dict
         tables.setdefault(table, []).extend(build(_identity(row, name, hashes[name]), records))
         tables["done"].append(done_row(row, name, hashes[name], "ok", len(records), row[f"{name}_seconds"]))
     return tables
+
+
+ORDER_COLUMN = {"detection": "det_index", "segmentation": "segment_id", "ocr": "line_index"}
+
+
+def stored_records(wh, dataset: str, name: str, config_hash: str, image_ids=None) -> dict[int, list[dict]]:
+    """Committed records of one expert config, grouped by image in their original order. With
+    `image_ids`, only those images (each present in the result, possibly with no records)."""
+    table = ROW_BUILDERS[name][0]
+    rows = wh.query(
+        f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ?", [dataset, config_hash]
+    ).to_pylist()
+    key = ORDER_COLUMN.get(name)
+    out: dict[int, list[dict]] = {i: [] for i in image_ids} if image_ids is not None else {}
+    for row in sorted(rows, key=lambda r: (r["image_id"], r[key] if key else 0)):
+        if image_ids is None or row["image_id"] in out:
+            out.setdefault(row["image_id"], []).append(records_from_table_row(name, row))
+    return out
