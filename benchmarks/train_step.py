@@ -36,6 +36,12 @@ def _step(model, optimizer, batch, step):
     return out.loss.detach().item()
 
 
+def _endless(dm):
+    """Training batches, epoch after epoch."""
+    while True:
+        yield from dm.train_dataloader()
+
+
 def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Path("outputs/bench")) -> dict:
     torch.set_num_threads(1)
     cfg = resolve_config("configs/train-tiny.yaml", {"data": {"warehouse": "outputs/warehouse"}})
@@ -58,15 +64,11 @@ def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Pat
     loader_rows_per_s = n / (time.perf_counter() - start)
 
     # 2. precomputed: batches straight from the warehouse
-    loader = iter(dm.train_dataloader())
+    batches = _endless(dm)
     waits, totals = [], []
     for step in range(steps):
         t0 = time.perf_counter()
-        try:
-            batch = next(loader)
-        except StopIteration:
-            loader = iter(dm.train_dataloader())
-            batch = next(loader)
+        batch = next(batches)
         t1 = time.perf_counter()
         _step(model, optimizer, batch, step)
         waits.append(t1 - t0)
@@ -77,13 +79,9 @@ def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Pat
         ExpertStage(name, config, batch_size=len(batch["index"])) for name, config in profile.experts.items()
     ]
     online = []
-    loader = iter(dm.train_dataloader())
+    batches = _endless(dm)
     for step in range(max(3, steps // 4)):
-        try:
-            batch = next(loader)
-        except StopIteration:
-            loader = iter(dm.train_dataloader())
-            batch = next(loader)
+        batch = next(batches)
         t0 = time.perf_counter()
         rows = [
             new_row(refs[rows_by_index[i]["image_id"]], list(profile.experts))

@@ -13,7 +13,7 @@ import numpy as np
 from pipeline.corpus import resolve_corpus
 from pipeline.decode import decode_image
 from pipeline.errors import UserError
-from warehouse.rows import records_from_table_row
+from warehouse.rows import ORDER_COLUMN, records_from_table_row
 from warehouse.store import Warehouse
 
 PALETTE = [
@@ -45,8 +45,8 @@ def _latest(wh: Warehouse, table: str, name: str, dataset: str, image_id: int) -
         f"(SELECT max(run_id) FROM {table} WHERE dataset = ? AND image_id = ?)",
         [dataset, image_id, dataset, image_id],
     ).to_pylist()
-    key = {"detection": "det_index", "ocr": "line_index", "segmentation": "segment_id"}.get(name)
-    rows.sort(key=lambda r: r.get(key, 0) if key else 0)
+    key = ORDER_COLUMN.get(name)
+    rows.sort(key=lambda r: r[key] if key else 0)
     return [records_from_table_row(name, r) for r in rows]
 
 
