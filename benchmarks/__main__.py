@@ -1,7 +1,8 @@
 """Run every benchmark module of this package with its defaults: `python -m benchmarks` (`make bench`).
 
 A benchmark is a module here with a `main(argv)` function; each writes its results as JSON under
-outputs/bench/. `python -m benchmarks NAME ...` runs only the named ones.
+outputs/bench/. `python -m benchmarks NAME ...` runs only the named ones. A module that sets
+`DEFAULT_IN_MAKE_BENCH = False` (the minutes-long end-to-end `signs`) runs only when named.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ def benchmark_names() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = list(argv if argv is not None else sys.argv[1:]) or benchmark_names()
+    names = list(argv if argv is not None else sys.argv[1:]) or [
+        n
+        for n in benchmark_names()
+        if getattr(importlib.import_module(f"benchmarks.{n}"), "DEFAULT_IN_MAKE_BENCH", True)
+    ]
     unknown = sorted(set(names) - set(benchmark_names()))
     if unknown:
         print(

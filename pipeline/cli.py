@@ -83,6 +83,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    import torch
+
+    from trainer.cache import fill_caches
+    from trainer.train import build, prepare_instructions, resolve_config
+
+    data = {"dataset": args.dataset, "warehouse": args.warehouse}
+    cfg = resolve_config(args.config, {"data": {k: v for k, v in data.items() if v is not None}})
+    if args.batch_size:
+        cfg["data"]["batch_size"] = args.batch_size  # the tower's batch here; training is not run
+    if cfg["run"].get("threads"):
+        torch.set_num_threads(int(cfg["run"]["threads"]))
+    module, datamodule, _, dcfg = build(cfg)
+    prepare_instructions(dcfg)  # the vision cache covers the images that instructions use
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for fill in fill_caches(module.model, datamodule.tokenizer, dcfg, device, only_enabled=False):
+        print(fill)
+    return 0
+
+
 def _cmd_verbalize(args: argparse.Namespace) -> int:
     from pipeline.reverbalize import reverbalize
     from warehouse.store import Warehouse
@@ -221,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="configs/train-tiny.yaml")
     p.add_argument("--resume", default=None, help="a checkpoint to resume from (exact mid-epoch)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "cache",
+        help="fill the trainer's warehouse caches (aux token ids, frozen vision features) for a config",
+    )
+    p.add_argument("--config", default="configs/train-tiny.yaml", help="the training config to cache for")
+    p.add_argument("--dataset", default=None, help="dataset (default: the config's data.dataset)")
+    p.add_argument("--warehouse", default=None, help="warehouse folder (default: the config's)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per vision-tower call")
+    p.add_argument("--device", default=None, help="where the vision tower runs (default: cuda if available)")
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("verbalize", help="write a new aux_text version from stored rows (no model runs)")
     p.add_argument("--dataset", default="sample")

@@ -35,3 +35,19 @@ def shared_models() -> Path:
     if not (SHARED_MODELS / "centernet.onnx").is_file():
         pytest.skip(f"real ONNX test models not found in {SHARED_MODELS}")
     return SHARED_MODELS
+
+
+@pytest.fixture(scope="session")
+def annotated_sample(tmp_path_factory, sample_corpus) -> Path:
+    """A warehouse holding the sample corpus annotated with the fast test profile (random-init detector
+    and SAM, no OCR: enough aux text to train on). A template: copy it before writing to it."""
+    from pipeline.annotate import run_annotation
+    from pipeline.profiles import JobSpec, load_profile
+    from warehouse.store import Warehouse
+
+    root = tmp_path_factory.mktemp("annotated") / "warehouse"
+    profile = load_profile(str(REPO / "tests" / "profiles" / "fast.yaml"))
+    profile.experts.pop("ocr", None)  # not needed to train; keeps the fixture fast
+    job = JobSpec(dataset="sample", profile="fast", allow_random_weights=True, batch_size=2, commit_every=16)
+    run_annotation(sample_corpus, profile, job, Warehouse(root), executor="local")
+    return root

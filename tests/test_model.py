@@ -195,6 +195,64 @@ def test_aux_removed_ablation_is_the_same_model_without_aux():
     assert not torch.allclose(with_aux.forward_batch(batch).logits, with_aux.forward_batch(other).logits)
 
 
+def _reversed_aux(batch: dict) -> dict:
+    """The same aux tokens in reverse order within each row's real length."""
+    ids = batch["aux_input_ids"].clone()
+    for b, n in enumerate(batch["aux_attention_mask"].sum(1).tolist()):
+        ids[b, :n] = ids[b, :n].flip(0)
+    return dict(batch, aux_input_ids=ids)
+
+
+@pytest.mark.parametrize(
+    "options,order_matters",
+    [({}, False), ({"aux_positions": 16}, True), ({"aux_encoder": "llm"}, True)],
+)
+def test_aux_word_order_reaches_the_compressor_only_with_positions_or_the_llm_encoder(options, order_matters):
+    """MoAI's compressor reads embedded aux tokens as a set: "cup on table" = "table on cup", and a
+    spelled word loses its spelling. Learned aux positions or the LLM encoder keep the order."""
+    m = tiny(**options).eval()
+    batch = collate(items3())
+    a = m.compress_aux(3, batch["aux_input_ids"], batch["aux_attention_mask"])
+    flipped = _reversed_aux(batch)
+    b = m.compress_aux(3, flipped["aux_input_ids"], flipped["aux_attention_mask"])
+    assert torch.allclose(a, b, atol=1e-5) is not order_matters
+    padded = collate(items3(), extra_aux_pad=5)  # padding is still ignored with either option
+    c = m.compress_aux(3, padded["aux_input_ids"], padded["aux_attention_mask"])
+    torch.testing.assert_close(a, c, rtol=0, atol=1e-5)
+
+
+def test_aux_positions_must_cover_the_aux_length():
+    m = tiny(aux_positions=4)
+    with pytest.raises(ValueError, match="aux_positions=4"):
+        m.compress_aux(1, torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long))
+
+
+def test_llm_aux_encoder_runs_the_llm_without_mixers_and_trains_only_what_is_asked():
+    m = tiny(aux_encoder="llm").train()
+    batch = collate(items3())
+    ids, mask = batch["aux_input_ids"], batch["aux_attention_mask"]
+    plain = m.llm(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    real = mask.bool()
+    torch.testing.assert_close(m.encode_aux_text(ids, mask)[real], plain[real])  # no mixer inside
+    m.forward_batch(batch).loss.backward()
+    assert all(p.grad is None for p in m.llm.parameters()), "a frozen LLM encodes the aux text"
+    assert m.compressor.latents.grad is not None
+
+
+def test_train_llm_is_only_for_tiny_random_llms_and_trains_them():
+    with pytest.raises(ValueError, match="tiny random-init"):
+        MoAI(MoAIConfig(llm="Qwen/Qwen2.5-0.5B-Instruct", train_llm=True))
+    m = tiny(train_llm=True).train()
+    m.forward_batch(collate(items3())).loss.backward()
+    assert all(p.grad is not None for p in m.llm.model.layers.parameters())
+    assert all(p.grad is None for p in m.vision.parameters())
+    state = m.state_dict_trainable()
+    assert any(k.startswith("llm.") for k in state)
+    other = tiny(train_llm=True, seed=1)
+    other.load_trainable(state)  # the trained LLM travels with the checkpoint
+    torch.testing.assert_close(other.llm.lm_head.weight, m.llm.lm_head.weight)
+
+
 # 6 ------------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -33,18 +34,11 @@ STEPS = 6  # batch 8 of 32 examples: 4 steps per epoch, so the runs cross an epo
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, sample_corpus):
+def workspace(tmp_path_factory, sample_corpus, annotated_sample):
     """An annotated sample warehouse, MOAI_DATA pointing at its corpus, and a fast training config."""
-    from pipeline.annotate import run_annotation
-    from pipeline.profiles import JobSpec, load_profile
-    from warehouse.store import Warehouse
-
     tmp = tmp_path_factory.mktemp("train")
     data_root = sample_corpus.root.parent
-    profile = load_profile(str(REPO / "tests" / "profiles" / "fast.yaml"))
-    profile.experts.pop("ocr", None)  # not needed to train; keeps the fixture fast
-    job = JobSpec(dataset="sample", profile="fast", allow_random_weights=True, batch_size=2, commit_every=16)
-    run_annotation(sample_corpus, profile, job, Warehouse(tmp / "warehouse"), executor="local")
+    shutil.copytree(annotated_sample, tmp / "warehouse")
     config = {
         "seed_everything": 0,
         "model": {"preset": "tiny", "mode": "step2"},

@@ -11,8 +11,11 @@ count never changes the order.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ class ByteTokenizer:
 
     pad_token_id, bos_token_id, eos_token_id, image_token_id = 256, 257, 258, 259
     vocab_size = 260
+    cache_id = "byte"  # names its token ids in the warehouse's aux_tokens cache
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -50,6 +54,22 @@ class HFTokenizer:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         )
         self.vocab_size = len(tokenizer)
+
+    @cached_property
+    def cache_id(self) -> str:
+        """Names its token ids in the aux_tokens cache: "hf:<name>[:<gguf>]:<hash>". The hash covers the
+        whole tokenizer (vocabulary, merges, normalizer), so two tokenizers that split text differently
+        never share rows even under one name; a local folder goes by its name, so the same files in
+        another checkout or virtual environment still find their rows."""
+        name = Path(self.source).name if Path(self.source).is_dir() else self.source
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            content = backend.to_str()
+        else:  # a slow (Python) tokenizer: its class, vocabulary and special tokens
+            vocab = sorted(self.tokenizer.get_vocab().items())
+            content = json.dumps([type(self.tokenizer).__name__, vocab, self.tokenizer.special_tokens_map])
+        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+        return ":".join(["hf", name, *([self.gguf_file] if self.gguf_file else []), digest])
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -144,18 +164,38 @@ class DataConfig:
     use_aux: bool = True  # False: the aux input is removed (the fair ablation keeps everything else)
     tokenizer: str = "auto"  # auto: bytes for tiny-* LLMs, else the LLM's tokenizer | byte | hub id / folder
     image_cache: int = 0  # keep this many decoded, resized images in memory (per worker); 0: decode each time
+    # Read the warehouse's trainer caches (trainer/cache.py; `moai train` fills them first, `moai cache`
+    # by hand): aux token ids from `aux_tokens` instead of tokenizing, and the frozen vision tower's
+    # features from `vision_features` instead of decoding images (batches then carry image_features).
+    aux_token_cache: bool = False
+    vision_feature_cache: bool = False
     image_token_id: int = ByteTokenizer.image_token_id  # set from the model config by the trainer
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 
 class InstructionDataset(Dataset):
-    """Map-style: index → tokenized prompt/answer, aux tokens and the image tensor."""
+    """Map-style: index → tokenized prompt/answer, aux tokens and the image tensor (or, with a
+    `vision_features` cache, the image's frozen features). `aux_tokens` / `vision_features` are the
+    caches of trainer/cache.py; every row they must serve is checked here, once, not mid-epoch."""
 
-    def __init__(self, examples: pa.Table, image_root: Path, tokenizer, cfg: DataConfig, image_dirs: dict):
+    def __init__(
+        self,
+        examples: pa.Table,
+        image_root: Path,
+        tokenizer,
+        cfg: DataConfig,
+        image_dirs: dict,
+        aux_tokens=None,
+        vision_features=None,
+    ):
         self.rows = examples.to_pylist()
         self.tokenizer, self.cfg, self.image_dirs = tokenizer, cfg, image_dirs
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self.aux_tokens, self.vision_features = aux_tokens, vision_features
+        for cache in (aux_tokens, vision_features):
+            if cache is not None:
+                cache.check(self.rows)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -178,20 +218,30 @@ class InstructionDataset(Dataset):
         # the image placeholder follows BOS; the model expands it to the image's patch embeddings
         prompt = format_prompt(row["question"], tok, cfg.image_token_id, cfg.max_prompt_tokens)
         answer = tok.encode(" " + row["answer"])[: cfg.max_answer_tokens] + [tok.eos_token_id]
-        aux = tok.encode(row["aux_text"])[: cfg.max_aux_tokens] if cfg.use_aux else []
+        aux = self._aux(row)[: cfg.max_aux_tokens] if cfg.use_aux else []
+        if self.vision_features is not None:
+            image = {"image_features": self.vision_features.get(row)}
+        else:
+            image = {"pixel_values": self._image(row)}
         return {
             "index": index,
             "prompt": prompt,
             "answer": answer,
             "aux": aux,
-            "pixel_values": self._image(row),
+            **image,
             "answer_text": row["answer"],
             "type": row["type"],
         }
 
+    def _aux(self, row) -> list[int]:
+        if self.aux_tokens is not None and row["aux_text"]:  # no aux text: nothing to look up
+            return self.aux_tokens.get(row)
+        return self.tokenizer.encode(row["aux_text"])
+
 
 def collate(items: list[dict], pad_id: int) -> dict:
-    """Right-pad prompt+answer; labels are IGNORE everywhere but answer tokens; aux padded separately."""
+    """Right-pad prompt+answer; labels are IGNORE everywhere but answer tokens; aux padded separately.
+    Images travel as `pixel_values`, or as `image_features` when the items carry cached features."""
     lengths = [len(i["prompt"]) + len(i["answer"]) for i in items]
     T = max(lengths)
     A = max(1, max(len(i["aux"]) for i in items))
@@ -215,7 +265,9 @@ def collate(items: list[dict], pad_id: int) -> dict:
         "labels": labels,
         "aux_input_ids": aux_ids,
         "aux_attention_mask": aux_mask,
-        "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+        **{
+            k: torch.stack([i[k] for i in items]) for k in ("pixel_values", "image_features") if k in items[0]
+        },
         "prompt_lengths": torch.tensor([len(i["prompt"]) for i in items]),
         "index": torch.tensor([i["index"] for i in items]),
         "answer_text": [i["answer_text"] for i in items],
@@ -291,10 +343,13 @@ class _WarehouseData:
     `WarehouseDataModule` is this plus Lightning's LightningDataModule, created on first use so that
     importing this module (tokenizers, prompt format, images for generation) does not import Lightning."""
 
-    def __init__(self, cfg: DataConfig, tokenizer=None):
+    def __init__(self, cfg: DataConfig, tokenizer=None, vision_encoder: str | None = None):
+        """`vision_encoder`: the frozen tower's cache key (trainer.cache.vision_encoder_id), which
+        `vision_feature_cache` needs to find the features of this very encoder."""
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer or ByteTokenizer()
+        self.vision_encoder = vision_encoder
         self.epoch, self.step_in_epoch = 0, 0  # progress of *consumed* training batches
         self._train_sampler: EpochBatchSampler | None = None
 
@@ -302,12 +357,14 @@ class _WarehouseData:
         wh = Warehouse(self.cfg.warehouse)
         corpus = resolve_corpus(self.cfg.dataset)
         image_dirs = {s: corpus.image_dir(s) for s in corpus.splits}
+        caches = self._caches(wh)
         self.train_set = InstructionDataset(
             load_examples(wh, self.cfg.dataset, self.cfg.train_splits),
             corpus.root,
             self.tokenizer,
             self.cfg,
             image_dirs,
+            **caches,
         )
         if len(self.train_set) == 0:
             from pipeline.errors import UserError
@@ -324,7 +381,26 @@ class _WarehouseData:
                 self.tokenizer,
                 self.cfg,
                 image_dirs,
+                **caches,
             )
+
+    def _caches(self, wh: Warehouse) -> dict:
+        """The trainer caches the config asks for, read once for both splits."""
+        from trainer.cache import AuxTokenCache, VisionFeatureCache
+
+        caches = {}
+        if self.cfg.aux_token_cache and self.cfg.use_aux:
+            caches["aux_tokens"] = AuxTokenCache.load(wh, self.cfg.dataset, self.tokenizer)
+        if self.cfg.vision_feature_cache:
+            if self.vision_encoder is None:
+                raise ValueError(
+                    "data.vision_feature_cache needs the vision encoder's cache key: build the data "
+                    "module with trainer.train.build (or pass vision_encoder=trainer.cache.vision_encoder_id(...))"
+                )
+            caches["vision_features"] = VisionFeatureCache.load(
+                wh, self.cfg.dataset, self.vision_encoder, self.cfg.image_size
+            )
+        return caches
 
     def _collate(self, items):
         return collate(items, self.tokenizer.pad_token_id)

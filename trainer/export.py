@@ -92,9 +92,10 @@ def load_checkpoint_model(run: str | Path) -> MoAI:
 
 
 def backbone_fingerprints(model: MoAI) -> dict[str, str]:
-    """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)."""
+    """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)
+    that stay frozen; a trained tiny LLM (`train_llm`) travels in the export's weights instead."""
     parts = {}
-    if model.config.llm in TINY_LLMS:
+    if model.config.llm in TINY_LLMS and not model.config.train_llm:
         parts["llm"] = model.llm
     if model.config.vision in TINY_VISIONS:
         parts["vision"] = model.vision

@@ -85,6 +85,14 @@ class MoAIConfig:
     compressor_heads: int = 4
     compressor_head_dim: int = 64
     compressor_ff_mult: int = 1
+    # Learned positions added to the aux text tokens before compression (0: none, as MoAI). MoAI's
+    # compressor reads the aux tokens as an unordered set, which loses word order ("cup on table" vs
+    # "table on cup") and, with sub-word or byte tokens, the spelling of what OCR read.
+    aux_positions: int = 0
+    # How aux text tokens become vectors: "embed" looks them up in the frozen word-embedding table (MoAI);
+    # "llm" runs the aux text through the LLM (mixers off) and takes its last hidden states, so every aux
+    # token also carries its context (the word it belongs to, what precedes it).
+    aux_encoder: str = "embed"
 
     # Mixer (six low-rank attention experts + two gates), in layers whose 1-based index is a multiple
     mixer_every: int = 8
@@ -97,6 +105,9 @@ class MoAIConfig:
     balance_loss_coef: float = 0.01
     use_aux: bool = True  # False: the aux-removed ablation (same modules; compressor sees only its latents)
     train_projector: bool = False  # MoAI trained it only in a short stage 0
+    # Also train the LLM (not MoAI, whose LLM is frozen). Only for the tiny random-init LLMs, where there
+    # is no pretrained knowledge to protect and a frozen random network has no language to offer.
+    train_llm: bool = False
     freeze_experts: bool = False  # a step-2 variant that trains only gates and compressor
     seed: int = 0  # random init (tiny backbones and trained modules) and the step-1 dice
     bf16: bool = False  # frozen backbone weights in bfloat16; trained modules stay float32
@@ -298,11 +309,33 @@ class CompressorLayer(nn.Module):
 class Compressor(nn.Module):
     """MoAI-Compressor: any number of aux tokens (B×A×D, padded) → B×num_queries×D, padding ignored."""
 
-    def __init__(self, dim: int, num_queries: int, depth: int, heads: int, head_dim: int, ff_mult: int):
+    def __init__(
+        self,
+        dim: int,
+        num_queries: int,
+        depth: int,
+        heads: int,
+        head_dim: int,
+        ff_mult: int,
+        positions: int = 0,
+    ):
         super().__init__()
         self.latents = nn.Parameter(torch.randn(num_queries, dim))
+        # optional learned positions of the aux text tokens (Perceiver/Flamingo add them to their inputs)
+        self.positions = nn.Parameter(torch.randn(positions, dim) * 0.02) if positions else None
         self.layers = nn.ModuleList(CompressorLayer(dim, heads, head_dim, ff_mult) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
+
+    def add_positions(self, tokens: Tensor) -> Tensor:
+        """B×L×D embedded aux text → the same with learned positions added (identity when disabled)."""
+        if self.positions is None:
+            return tokens
+        if tokens.shape[1] > self.positions.shape[0]:
+            raise ValueError(
+                f"{tokens.shape[1]} aux tokens but aux_positions={self.positions.shape[0]}: "
+                "raise model.aux_positions or lower data.max_aux_tokens"
+            )
+        return tokens + self.positions[: tokens.shape[1]].to(tokens.dtype)
 
     def forward(self, aux: Tensor, aux_mask: Tensor) -> Tensor:
         latents = self.latents.expand(aux.shape[0], -1, -1)
@@ -526,6 +559,10 @@ class MoAI(nn.Module):
 
     def __init__(self, config: MoAIConfig):
         super().__init__()
+        if config.train_llm and not config.llm.startswith("tiny-"):
+            raise ValueError("train_llm is only for the tiny random-init LLMs; MoAI keeps a real LLM frozen")
+        if config.aux_encoder not in ("embed", "llm"):
+            raise ValueError(f"aux_encoder must be embed or llm, not {config.aux_encoder!r}")
         if config.mode not in ("step1", "step2", "eval"):
             raise ValueError(f"mode must be step1, step2 or eval, not {config.mode!r}")
         self.config = config
@@ -542,6 +579,7 @@ class MoAI(nn.Module):
                 config.compressor_heads,
                 config.compressor_head_dim,
                 config.compressor_ff_mult,
+                config.aux_positions,
             )
             layers = decoder_layers(self.llm)
             self.mixer_layers = [i for i in range(len(layers)) if (i + 1) % config.mixer_every == 0]
@@ -571,6 +609,7 @@ class MoAI(nn.Module):
             mixer.gate_img.requires_grad_(True)
             mixer.gate_lang.requires_grad_(True)
         self.projector.requires_grad_(cfg.train_projector)
+        self.llm.requires_grad_(cfg.train_llm)
 
     def train(self, mode: bool = True) -> MoAI:
         """Frozen parts stay in eval mode, except that Hugging Face checkpoints a layer only in training mode."""
@@ -606,7 +645,8 @@ class MoAI(nn.Module):
     def load_trainable(self, state: dict[str, Tensor], strict: bool = True) -> None:
         """Load a `state_dict_trainable()`; strict: exactly the trainable set. Non-strict also takes a subset,
         or frozen parameters of this file's modules (e.g. a stage-0 projector into a step-1 model)."""
-        own = {n: p for n, p in self.named_parameters() if n.startswith(TRAINED_PREFIXES)}
+        prefixes = TRAINED_PREFIXES + (("llm.",) if self.config.train_llm else ())
+        own = {n: p for n, p in self.named_parameters() if n.startswith(prefixes)}
         unexpected = sorted(set(state) - set(own))
         missing = sorted(n for n, p in own.items() if p.requires_grad and n not in state)
         if unexpected or (strict and (missing or any(not own[n].requires_grad for n in state))):
@@ -652,6 +692,23 @@ class MoAI(nn.Module):
         with torch.no_grad():
             return self.llm.get_input_embeddings()(ids)
 
+    def encode_aux_text(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """B×A aux token ids → B×A×D vectors, as `config.aux_encoder` says (see MoAIConfig)."""
+        if self.config.aux_encoder == "embed":
+            return self.embed_tokens(ids)
+        run_mask = mask.clone()
+        run_mask[:, 0] = True  # a row without aux text still needs one visible token; the compressor masks it
+        positions = (run_mask.long().cumsum(1) - 1).clamp(min=0)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_llm):
+            out = self._run_llm(
+                self.llm.get_input_embeddings()(ids),
+                run_mask.long(),
+                positions,
+                None,
+                output_hidden_states=True,
+            )
+        return out.hidden_states[-1]
+
     def compress_aux(
         self,
         batch_size: int,
@@ -662,15 +719,18 @@ class MoAI(nn.Module):
         """Aux text tokens (embedded by the frozen LLM table) and optional panoptic-map image → B×Q×D.
         With `use_aux=False` the compressor gets no aux token at all, only its latents."""
         dim, device = self.compressor.latents.shape[-1], self.compressor.latents.device
+        dim_dtype = self.compressor.latents.dtype
         parts = [torch.zeros(batch_size, 0, dim, device=device)]
         masks = [torch.zeros(batch_size, 0, dtype=torch.bool, device=device)]
         if self.config.use_aux and aux_input_ids is not None:
-            parts.append(self.embed_tokens(aux_input_ids))
-            masks.append(
+            mask = (
                 torch.ones_like(aux_input_ids, dtype=torch.bool)
                 if aux_attention_mask is None
                 else aux_attention_mask.bool()
             )
+            tokens = self.encode_aux_text(aux_input_ids, mask)
+            parts.append(self.compressor.add_positions(tokens.to(dim_dtype)))
+            masks.append(mask)
         if self.config.use_aux and aux_pixel_values is not None:  # MoAI's map tokens; scale the map to 0–255
             parts.append(self.encode_images(aux_pixel_values))
             masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool, device=device))

@@ -16,6 +16,10 @@ continues the same run exactly.
 `run.threads` sets torch's intra-op threads in every training process: a tiny model on a shared
 CPU runs many times faster on one thread than on several contended ones.
 
+`data.aux_token_cache` / `data.vision_feature_cache` make the data path read token ids and frozen
+vision features from warehouse tables (trainer/cache.py) instead of recomputing them every epoch;
+`train` adds the missing rows first (rank 0, on the training device), so they are computed once.
+
 Outputs in `<out>/<name>/`: `config.yaml` (the resolved config), `metrics.csv` (train_loss, lr-AdamW,
 and `gate/l<layer>_<side>_<expert>`, the mean gate weight; layer = the LLM's 0-based decoder layer),
 TensorBoard logs (`tb/`), checkpoints holding only trainable parameters plus the data position (exact
@@ -35,6 +39,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from trainer.cache import fill_caches, vision_encoder_id
 from trainer.data import DataConfig, WarehouseDataModule, make_tokenizer
 from trainer.model import EXPERT_NAMES, SIDES, MoAI, MoAIConfig
 
@@ -147,7 +152,8 @@ def build(cfg: dict):
     mcfg = model_config(cfg["model"])
     module = MoAITrainingModule(mcfg, cfg["optim"], run_config=cfg)
     dcfg = data_config(cfg["data"], mcfg, module.model.image_size)
-    datamodule = WarehouseDataModule(dcfg, make_tokenizer(dcfg.tokenizer, mcfg))
+    encoder = vision_encoder_id(module.model, dcfg) if dcfg.vision_feature_cache else None
+    datamodule = WarehouseDataModule(dcfg, make_tokenizer(dcfg.tokenizer, mcfg), vision_encoder=encoder)
     return module, datamodule, mcfg, dcfg
 
 
@@ -257,6 +263,10 @@ def train(
         )
         if trainer.global_rank == 0:
             print(module.model.parameter_table())
+            if threads:  # the cache fill runs here, before the TorchThreads callback would set them
+                torch.set_num_threads(int(threads))
+            for fill in fill_caches(module.model, datamodule.tokenizer, dcfg, trainer.strategy.root_device):
+                print(fill)
             if resume:  # continuing in the same folder is intended; Lightning's CSVLogger would delete
                 warnings.filterwarnings("ignore", message=r".*directory .* exists and is not empty.*")
                 if (run_dir / "metrics.csv").is_file():

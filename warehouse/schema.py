@@ -130,6 +130,31 @@ TABLES: dict[str, pa.Schema] = {
             ("answer", pa.string()),
         ]
     ),
+    # Trainer caches (trainer/cache.py): work the frozen parts would otherwise redo every epoch.
+    # One row per (dataset, image_id, aux_config_hash, tokenizer): the aux text's token ids, untruncated.
+    "aux_tokens": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("image_id", pa.int64()),
+            ("aux_config_hash", pa.string()),  # aux_text.config_hash of the tokenized text
+            ("tokenizer", pa.string()),  # "byte", or "hf:<name>[:<gguf file>]:<hash of the tokenizer>"
+            ("text_sha256", pa.string()),  # of the tokenized text: a changed text is caught, not mixed
+            ("token_ids", pa.list_(pa.int32())),
+        ]
+    ),
+    # One row per (dataset, image_id, encoder, image_size): the frozen vision tower's patch features.
+    "vision_features": pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("image_id", pa.int64()),
+            ("encoder", pa.string()),  # "<vision>:<hash of weights or config, layer, dtype, normalisation>"
+            ("image_size", pa.int32()),
+            ("n_patches", pa.int32()),
+            ("dim", pa.int32()),
+            ("dtype", pa.string()),  # torch dtype of `features`: the encoder's own output dtype
+            ("features", pa.binary()),  # n_patches × dim, row-major
+        ]
+    ),
     # The exactly-once ledger: one row per (dataset, image_id, expert, config_hash) ever committed.
     "done": pa.schema(
         [

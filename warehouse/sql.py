@@ -42,7 +42,11 @@ def _duck_type(arrow_type) -> str:
         return "DOUBLE"
     if pa.types.is_timestamp(arrow_type):
         return "TIMESTAMPTZ"
-    return "DOUBLE[][]"  # polygons
+    if pa.types.is_binary(arrow_type):
+        return "BLOB"
+    if pa.types.is_list(arrow_type):  # polygons, token ids
+        return _duck_type(arrow_type.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {arrow_type}")
 
 
 def run_query(wh: Warehouse, sql: str, fmt: str = "table", out=sys.stdout) -> int:

