@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from annotators.verbalize import VerbalizeConfig, verbalize
 from pipeline.annotate import aux_hash
 from pipeline.errors import UserError
-from warehouse.rows import ROW_BUILDERS, stored_records
+from warehouse.rows import ROW_BUILDERS, latest_committed_config, stored_records
 from warehouse.store import Warehouse
 
 
@@ -23,14 +23,9 @@ def reverbalize(wh: Warehouse, dataset: str, thresholds: dict) -> int:
     hashes = {}
     records: dict[str, dict[int, list]] = {}
     for name in ROW_BUILDERS:
-        # the newest committed config of each expert (from the ledger: a config may have produced no rows)
-        done = wh.query(
-            "SELECT config_hash FROM done WHERE dataset = ? AND expert = ? ORDER BY run_id DESC LIMIT 1",
-            [dataset, name],
-        ).to_pylist()
-        if not done:
+        chosen = latest_committed_config(wh, dataset, name)
+        if chosen is None:
             continue
-        chosen = done[0]["config_hash"]
         hashes[name] = chosen
         records[name] = stored_records(wh, dataset, name, chosen)
     images = wh.query(

@@ -107,3 +107,23 @@ def test_viz_draws_the_stored_records(real_run, monkeypatch):
     )
     assert drawn.shape == original.shape
     assert (np.abs(drawn - original).sum(-1) > 60).mean() > 0.05  # masks and boxes visibly drawn
+
+
+def test_export_follows_the_ledgers_newest_config_even_when_it_found_nothing(real_run, tmp_path):
+    """A newer detection config that found no objects is the current one: its (empty) results are
+    exported, not the older config's boxes (the newest *rows* would still be the old config's)."""
+    from warehouse.rows import done_row, latest_committed_config
+
+    _, wh, tmp = real_run
+    shutil.copytree(wh.root, tmp_path / "wh")
+    copy = Warehouse(tmp_path / "wh")
+    before = latest_committed_config(copy, "real", "detection")
+    ids = [
+        r["image_id"]
+        for r in copy.query("SELECT DISTINCT image_id FROM images WHERE dataset = 'real'").to_pylist()
+    ]
+    newest = {"dataset": "real", "run_id": "99991231T000000Z-newcfg"}
+    copy.commit({"done": [done_row({**newest, "image_id": i}, "detection", "newcfg", "ok") for i in ids]})
+    assert latest_committed_config(copy, "real", "detection") == "newcfg" != before
+    assert export_coco(copy, "real", tmp_path / "export")["detections"] == 0
+    assert export_coco(wh, "real", tmp_path / "export-old")["detections"] > 0

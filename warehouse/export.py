@@ -17,17 +17,10 @@ from pathlib import Path
 from annotators.masks import panoptic_annotation
 from pipeline.corpora.coco_categories import COCO_CATEGORIES, coco_categories_json
 from pipeline.errors import UserError
-from warehouse.rows import records_from_table_row
+from warehouse.rows import latest_committed_config, records_from_table_row
 from warehouse.store import Warehouse
 
 LABEL_TO_COCO_ID = {name: cid for cid, name, _ in COCO_CATEGORIES}
-
-
-def latest_config(wh: Warehouse, table: str, dataset: str) -> str | None:
-    rows = wh.query(
-        f"SELECT config_hash FROM {table} WHERE dataset = ? ORDER BY run_id DESC LIMIT 1", [dataset]
-    ).to_pylist()
-    return rows[0]["config_hash"] if rows else None
 
 
 def _rows(wh: Warehouse, table: str, dataset: str, config: str | None) -> list[dict]:
@@ -59,7 +52,7 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     size = {i["image_id"]: (i["height"], i["width"]) for i in images}
     categories = coco_categories_json()
 
-    segments = _rows(wh, "segments", dataset, latest_config(wh, "segments", dataset))
+    segments = _rows(wh, "segments", dataset, latest_committed_config(wh, dataset, "segmentation"))
     by_image: dict[int, list[dict]] = {}
     for row in segments:
         by_image.setdefault(row["image_id"], []).append(records_from_table_row("segmentation", row))
@@ -85,7 +78,7 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     )
 
     results, skipped = [], 0
-    for row in _rows(wh, "detections", dataset, latest_config(wh, "detections", dataset)):
+    for row in _rows(wh, "detections", dataset, latest_committed_config(wh, dataset, "detection")):
         category = LABEL_TO_COCO_ID.get(row["label"])
         if category is None:
             skipped += 1  # a label outside COCO's 80 (open-vocabulary or custom models)

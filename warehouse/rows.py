@@ -206,3 +206,14 @@ def stored_records(wh, dataset: str, name: str, config_hash: str, image_ids=None
         if image_ids is None or row["image_id"] in out:
             out.setdefault(row["image_id"], []).append(records_from_table_row(name, row))
     return out
+
+
+def latest_committed_config(wh, dataset: str, expert: str) -> str | None:
+    """The config hash of the expert's newest committed work on `dataset`, from the `done` ledger: the
+    one source of "current config" for re-verbalizing and exporting (a config may have produced no rows,
+    so the newest *rows* can belong to an older config)."""
+    rows = wh.query(
+        "SELECT config_hash FROM done WHERE dataset = ? AND expert = ? ORDER BY run_id DESC LIMIT 1",
+        [dataset, expert],
+    ).to_pylist()
+    return rows[0]["config_hash"] if rows else None
