@@ -29,6 +29,7 @@ DEFAULT_IN_MAKE_BENCH = False  # benchmarks/__main__ skips it unless named
 CONFIG = Path("configs/train-signs.yaml")
 DATASET, TEST_SPLIT = "signs", "test"
 ARMS = {"with_aux": True, "without_aux": False}
+ARM_COLOURS = {"with_aux": "tab:blue", "without_aux": "tab:gray"}
 
 
 def _moai(*args: str, log: Path | None = None) -> subprocess.Popen:
@@ -71,13 +72,12 @@ def ocr_coverage(warehouse: Path, corpus) -> dict:
     return {"sign_texts": total, "read_exactly": found, "fraction": round(found / max(total, 1), 4)}
 
 
-def trained_steps(run_dir: Path) -> int:
-    """The last optimizer step the run logged (+1), from its own metrics.csv."""
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, train_loss) rows from the run's own metrics.csv."""
     import csv
 
     with open(run_dir / "metrics.csv", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("train_loss")]
-    return int(rows[-1]["step"]) + 1 if rows else 0
+        return [(int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(f) if r.get("train_loss")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.corpus import resolve_corpus
     from trainer.evaluate import evaluate, model_answer_fn, write_report
     from trainer.export import export_run
-    from trainer.train import prepare_instructions, resolve_config
+    from trainer.instructions import import_instructions
+    from trainer.train import resolve_config
+    from warehouse.store import Warehouse
 
     out = Path(args.out)
     warehouse = out / "warehouse"
@@ -111,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_steps is not None:
         base["trainer"]["max_steps"] = args.max_steps
     configs = {arm: arm_config(base, arm, use_aux, warehouse, out) for arm, use_aux in ARMS.items()}
-    from trainer.train import data_config, model_config
-
-    any_cfg = configs["with_aux"]
-    prepare_instructions(data_config(any_cfg["data"], model_config(any_cfg["model"])))  # once, not racing
+    import_instructions(Warehouse(warehouse), corpus)  # once here, so the two runs' imports find nothing new
     (out / "configs").mkdir(exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     logs = {arm: out / "logs" / f"train-{arm}.log" for arm in ARMS}
@@ -148,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _last_step(run_dir: Path) -> int:
+    """Optimizer steps the run took: its last logged step + 1."""
+    losses = train_losses(run_dir)
+    return losses[-1][0] + 1 if losses else 0
+
+
 def summarize(reports: dict, configs: dict, times: dict, coverage: dict, out: Path) -> dict:
     import torch
 
@@ -166,7 +171,7 @@ def summarize(reports: dict, configs: dict, times: dict, coverage: dict, out: Pa
         "counts_by_type": {t: with_aux["by_type"].get(t, {}).get("total") for t in types},
         "ocr_coverage": coverage,
         "seeds": {"seed_everything": configs["with_aux"].get("seed_everything"), "corpus": 0},
-        "steps": {arm: trained_steps(out / "train" / arm) for arm in ARMS},
+        "steps": {arm: _last_step(out / "train" / arm) for arm in ARMS},
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "config": configs["with_aux"],
         "only_difference": "model.use_aux (true for with_aux, false for without_aux)",
@@ -198,17 +203,17 @@ def results_table(results: dict) -> str:
 
 def plot(results: dict, out: Path) -> None:
     """Accuracy by question type (both arms) and the two training-loss curves."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trainer.train import moving_average
+
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
     types = list(results["by_type"])
     width = 0.38
-    for i, (arm, colour) in enumerate((("with_aux", "tab:blue"), ("without_aux", "tab:gray"))):
+    for i, (arm, colour) in enumerate(ARM_COLOURS.items()):
         values = [100 * (results["by_type"][t][arm] or 0.0) for t in types]
         xs = [x + (i - 0.5) * width for x in range(len(types))]
         bars.bar(xs, values, width, label=f"{arm} ({100 * results[arm]:.1f}% overall)", color=colour)
@@ -217,20 +222,13 @@ def plot(results: dict, out: Path) -> None:
     bars.set_ylim(0, 100)
     bars.legend(loc="upper right", fontsize=8)
     bars.set_title(f"signs: with vs without aux text ({results['difference_points']:+.1f} points)")
-    for arm, colour in (("with_aux", "tab:blue"), ("without_aux", "tab:gray")):
-        with open(out / "train" / arm / "metrics.csv", encoding="utf-8") as f:
-            rows = [
-                (int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(f) if r.get("train_loss")
-            ]
+    for arm, colour in ARM_COLOURS.items():
+        rows = train_losses(out / "train" / arm)
         if not rows:
             continue
         steps, losses = zip(*rows, strict=True)
-        k = max(1, len(losses) // 15)
-        smooth = [
-            sum(losses[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(losses))
-        ]
         curves.plot(steps, losses, color=colour, alpha=0.25)
-        curves.plot(steps, smooth, color=colour, label=arm)
+        curves.plot(steps, moving_average(losses, max(1, len(losses) // 15)), color=colour, label=arm)
     curves.set_xlabel("step")
     curves.set_ylabel("training loss (answer tokens, nats)")
     curves.legend()

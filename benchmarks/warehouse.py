@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from annotators.verbalize import VerbalizeConfig
 from pipeline.corpora.coco_categories import COCO_CATEGORIES
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
@@ -53,15 +54,8 @@ REPEATS = 5
 SEARCH_WORD = "umbrella"
 HIST_LABEL = "dog"
 PERSON_SCORE = 0.5
-# annotators/verbalize.py's defaults (MoAI's): detections are stored from 0.1 up, verbalized from 0.5
-VERBALIZE = {
-    "segmentation_threshold": 0.5,
-    "detection_threshold": 0.5,
-    "sgg_top_k": 10,
-    "sgg_threshold": 0.8,
-    "ocr_threshold": 0.85,
-    "include_unlabeled": False,
-}
+# the verbalizer's defaults (MoAI's): detections are stored from 0.1 up, verbalized from 0.5
+VERBALIZE = VerbalizeConfig().to_dict()
 OBJECTS_PREFIX = "The image includes bounding box coordinates and their objects: "
 RELATIONS_PREFIX = "The image includes relationships between objects: "
 TEXT_PREFIX = "The image includes text descriptions: "

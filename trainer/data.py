@@ -358,14 +358,12 @@ class _WarehouseData:
         corpus = resolve_corpus(self.cfg.dataset)
         image_dirs = {s: corpus.image_dir(s) for s in corpus.splits}
         caches = self._caches(wh)
-        self.train_set = InstructionDataset(
-            load_examples(wh, self.cfg.dataset, self.cfg.train_splits),
-            corpus.root,
-            self.tokenizer,
-            self.cfg,
-            image_dirs,
-            **caches,
-        )
+
+        def split_set(splits: list[str] | None) -> InstructionDataset:
+            examples = load_examples(wh, self.cfg.dataset, splits)
+            return InstructionDataset(examples, corpus.root, self.tokenizer, self.cfg, image_dirs, **caches)
+
+        self.train_set = split_set(self.cfg.train_splits)
         if len(self.train_set) == 0:
             from pipeline.errors import UserError
 
@@ -373,16 +371,7 @@ class _WarehouseData:
                 f"No training examples for dataset '{self.cfg.dataset}' in {self.cfg.warehouse}: "
                 "annotate it first (make annotate) and import its instructions."
             )
-        self.val_set = None
-        if self.cfg.val_splits:
-            self.val_set = InstructionDataset(
-                load_examples(wh, self.cfg.dataset, self.cfg.val_splits),
-                corpus.root,
-                self.tokenizer,
-                self.cfg,
-                image_dirs,
-                **caches,
-            )
+        self.val_set = split_set(self.cfg.val_splits) if self.cfg.val_splits else None
 
     def _caches(self, wh: Warehouse) -> dict:
         """The trainer caches the config asks for, read once for both splits."""

@@ -263,6 +263,11 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None
     return out * has_key
 
 
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left and right padding both work."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def split_heads(x: Tensor, heads: int) -> Tensor:  # B×T×(H·d) → B×H×T×d
     return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
@@ -492,8 +497,8 @@ class SequenceInputs:
     prompt_mask: Tensor  # B×T language tokens before the row's first answer token
 
     @property
-    def position_ids(self) -> Tensor:  # counted over real tokens, so left and right padding both work
-        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    def position_ids(self) -> Tensor:
+        return position_ids(self.attention_mask)
 
 
 @dataclass
@@ -559,7 +564,7 @@ class MoAI(nn.Module):
 
     def __init__(self, config: MoAIConfig):
         super().__init__()
-        if config.train_llm and not config.llm.startswith("tiny-"):
+        if config.train_llm and config.llm not in TINY_LLMS:
             raise ValueError("train_llm is only for the tiny random-init LLMs; MoAI keeps a real LLM frozen")
         if config.aux_encoder not in ("embed", "llm"):
             raise ValueError(f"aux_encoder must be embed or llm, not {config.aux_encoder!r}")
@@ -698,12 +703,11 @@ class MoAI(nn.Module):
             return self.embed_tokens(ids)
         run_mask = mask.clone()
         run_mask[:, 0] = True  # a row without aux text still needs one visible token; the compressor masks it
-        positions = (run_mask.long().cumsum(1) - 1).clamp(min=0)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_llm):
             out = self._run_llm(
                 self.llm.get_input_embeddings()(ids),
                 run_mask.long(),
-                positions,
+                position_ids(run_mask),
                 None,
                 output_hidden_states=True,
             )
@@ -716,10 +720,10 @@ class MoAI(nn.Module):
         aux_attention_mask: Tensor | None = None,
         aux_pixel_values: Tensor | None = None,
     ) -> Tensor:
-        """Aux text tokens (embedded by the frozen LLM table) and optional panoptic-map image → B×Q×D.
+        """Aux text tokens (encoded as `config.aux_encoder` says) and optional panoptic-map image → B×Q×D.
         With `use_aux=False` the compressor gets no aux token at all, only its latents."""
         dim, device = self.compressor.latents.shape[-1], self.compressor.latents.device
-        dim_dtype = self.compressor.latents.dtype
+        dtype = self.compressor.latents.dtype
         parts = [torch.zeros(batch_size, 0, dim, device=device)]
         masks = [torch.zeros(batch_size, 0, dtype=torch.bool, device=device)]
         if self.config.use_aux and aux_input_ids is not None:
@@ -729,12 +733,11 @@ class MoAI(nn.Module):
                 else aux_attention_mask.bool()
             )
             tokens = self.encode_aux_text(aux_input_ids, mask)
-            parts.append(self.compressor.add_positions(tokens.to(dim_dtype)))
+            parts.append(self.compressor.add_positions(tokens.to(dtype)))
             masks.append(mask)
         if self.config.use_aux and aux_pixel_values is not None:  # MoAI's map tokens; scale the map to 0–255
             parts.append(self.encode_images(aux_pixel_values))
             masks.append(torch.ones(parts[-1].shape[:2], dtype=torch.bool, device=device))
-        dtype = self.compressor.latents.dtype
         return self.compressor(torch.cat([p.to(dtype) for p in parts], dim=1), torch.cat(masks, dim=1))
 
     def embed_inputs(

@@ -313,6 +313,11 @@ def _merge_metrics(path: Path, earlier: list[dict], resume_step: int) -> None:
         writer.writerows(kept + new)
 
 
+def moving_average(values, k: int) -> list[float]:
+    """Trailing mean over the last `k` values (fewer at the start), for noisy per-batch losses."""
+    return [sum(values[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(values))]
+
+
 def plot_run(run_dir: Path) -> None:
     """loss.png (train/val loss) and routing.png (mean gate weight per expert per mixer layer)."""
     import csv
@@ -337,10 +342,7 @@ def plot_run(run_dir: Path) -> None:
             line = ax.plot(steps, values, alpha=0.35 if key == "train_loss" else 1.0, label=key)[0]
             if key == "train_loss" and len(values) > 4:  # one batch is noisy: add a moving average
                 k = max(2, len(values) // 12)
-                smooth = [
-                    sum(values[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1))
-                    for i in range(len(values))
-                ]
+                smooth = moving_average(values, k)
                 ax.plot(steps, smooth, color=line.get_color(), label=f"train_loss (mean of {k})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
