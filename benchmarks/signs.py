@@ -73,9 +73,11 @@ def ocr_coverage(warehouse: Path, corpus) -> dict:
 
 
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, train_loss) rows from the run's own metrics.csv."""
+    """(step, train_loss) rows from the run's own metrics.csv (none if the run logged nothing)."""
     import csv
 
+    if not (run_dir / "metrics.csv").is_file():
+        return []
     with open(run_dir / "metrics.csv", encoding="utf-8") as f:
         return [(int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(f) if r.get("train_loss")]
 

@@ -197,6 +197,17 @@ def test_run_outputs(full_run):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["name"] == "full"
 
 
+def test_a_run_shorter_than_the_log_interval_finishes_without_plots(workspace):
+    from trainer.train import train
+
+    run_dir = train(
+        workspace["config"],
+        overrides={"trainer": {"max_steps": 2, "log_every_n_steps": 5}, "run": {"name": "short"}},
+    )
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "loss.png").exists()
+
+
 def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
     from trainer.data import WarehouseDataModule
 

@@ -328,6 +328,8 @@ def plot_run(run_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
+    if not (run_dir / "metrics.csv").is_file():  # fewer steps than log_every_n_steps: nothing was logged
+        return
     with open(run_dir / "metrics.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     series: dict[str, list[tuple[int, float]]] = {}
