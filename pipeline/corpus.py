@@ -21,7 +21,9 @@ from pathlib import Path
 
 from pipeline.errors import DatasetError
 
-DATASET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# \A...\Z, not ^...$: "$" also matches before a final "\n", which let "abc\n" through. Anchored this
+# way the pattern is safe with match(), search() and fullmatch() alike.
+DATASET_NAME = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 GENERATED = ("sample", "signs")  # built on first use from files that ship inside installed packages
 
@@ -88,7 +90,7 @@ def data_root() -> Path:
 
 
 def validate_name(name: str) -> str:
-    if not DATASET_NAME.match(name or ""):
+    if not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
         raise DatasetError(
             f"Refusing dataset name {name!r}: a dataset name is 1-64 characters of lowercase letters, digits, "
             "'-' and '_', starting with a letter or digit (it becomes a folder under the data root and a "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.corpora.sample import SOURCES, build_sample
-from pipeline.corpus import Corpus, resolve_corpus
+from pipeline.corpus import Corpus, resolve_corpus, validate_name
 from pipeline.errors import DatasetError
 
 
@@ -46,11 +46,37 @@ def test_sample_build_is_idempotent_and_deterministic(tmp_path, sample_corpus):
 
 
 @pytest.mark.parametrize(
-    "name", ["../../etc", "..", "a/b", "/etc", "Sample", "", "x" * 65, "name with space", ".hidden"]
+    "name",
+    [
+        "../../etc",
+        "..",
+        "a/b",
+        "/etc",
+        "Sample",
+        "ABC",
+        "",
+        "x" * 65,
+        "name with space",
+        ".hidden",
+        "-leading-dash",
+        "abc\n",  # "$" matches before a final newline: ^...$ with match() let this through
+        "abc\r",
+        "x\x00",
+        "\nabc",
+        "a\nb",
+        "café",
+    ],
 )
 def test_bad_dataset_names_are_refused(name, tmp_path):
     with pytest.raises(DatasetError, match="Refusing dataset name"):
         resolve_corpus(name, root=tmp_path)
+    with pytest.raises(DatasetError, match="Refusing dataset name"):
+        validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["a", "mine", "coco-2017", "my_set", "0", "x" * 64, "a-_9"])
+def test_good_dataset_names_are_accepted(name):
+    assert validate_name(name) == name
 
 
 def test_coco_without_data_explains_where_to_put_it(tmp_path, monkeypatch):
