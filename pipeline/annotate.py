@@ -36,7 +36,12 @@ class Plan:
 
 
 def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
-    table = wh.query("SELECT image_id, expert, config_hash, status FROM done WHERE dataset = ?", [dataset])
+    """(image, expert, config) -> 'ok' or 'error'. A key finished after an earlier failure is 'ok'."""
+    table = wh.query(
+        "SELECT image_id, expert, config_hash, CASE WHEN bool_or(status = 'ok') THEN 'ok' ELSE 'error' END "
+        "AS status FROM done WHERE dataset = ? GROUP BY ALL",
+        [dataset],
+    )
     cols = table.to_pydict()
     return {
         (i, e, h): s
@@ -60,8 +65,13 @@ def make_plan(
     aux_key: str,
     limit: int | None = None,
     splits: list[str] | None = None,
+    retry_errors: bool = False,
 ) -> Plan:
+    """What is left to do. With `retry_errors`, keys that failed before (an unreadable file, an expert
+    error) are planned again; the commit lets a retry finish a failed key, never a finished one."""
     ledger = _ledger(wh, corpus.name)
+    if retry_errors:
+        ledger = {k: s for k, s in ledger.items() if s == "ok"}
     rows, skipped, listed = [], 0, 0
     decode_done: set[int] = set()
     needs_stored: dict[str, set[int]] = {name: set() for name in EXPERT_NAMES}
@@ -193,6 +203,7 @@ def annotate(args) -> int:
         Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
         limit=args.limit,
         executor=executor,
+        retry_errors=bool(getattr(args, "retry_errors", False)),
     )
 
 
@@ -205,7 +216,15 @@ def run_annotation(
     limit: int | None = None,
     executor: str = "ray",
     out=sys.stdout,
+    retry_errors: bool = False,
 ) -> int:
+    """Annotate what is missing. One run per dataset and warehouse at a time (a second is refused in
+    one line); every commit re-checks its keys, so even runs that bypass the lock never double a row."""
+    with wh.run_lock(corpus.name):
+        return _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors)
+
+
+def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors) -> int:
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
     from pipeline.verbalize_step import verbalizer_hash
 
@@ -215,7 +234,9 @@ def run_annotation(
     hashes = plan_hashes(profile)
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
-    plan = make_plan(corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits)
+    plan = make_plan(
+        corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits, retry_errors=retry_errors
+    )
     print(
         f"[annotate] dataset={corpus.name} profile={profile.name} run={run_id}: {plan.listed} images listed, "
         f"{plan.skipped} already done, {len(plan.rows)} to process",
@@ -376,6 +397,10 @@ def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors
         ms = 1000 * seconds[name] / max(n + counts[f"{name}_errors"], 1)
         lines.append(
             f"  {name:<13}{n:>8}{counts[f'{name}_errors']:>8}{ms:>9.0f}  {counts[f'rows_{table}']} {table}"
+        )
+    if wh.skipped_keys:
+        lines.append(
+            f"  {wh.skipped_keys} results were already committed by another run and were not added again"
         )
     lines.append(f'  warehouse: {wh.root}  (query it: make sql, or moai sql "SELECT ...")')
     print("\n".join(lines), file=out)

@@ -41,6 +41,30 @@ def _cmd_sql(args: argparse.Namespace) -> int:
         raise UserError(f"query failed: {err}") from None
 
 
+def _cmd_warehouse(args: argparse.Namespace) -> int:
+    from warehouse.check import check, repair
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(args.warehouse or "outputs/warehouse")
+    report = check(wh)
+    print("\n".join(report.lines()))
+    if args.action == "check" or report.ok:
+        return 0 if report.ok else 1
+    if not args.yes:
+        answer = input(
+            "Move unreadable and unaccounted files to _quarantine/ (nothing is deleted), forget the ledger "
+            "keys whose rows are lost so the next `moai annotate` redoes them, and drop rows that have no "
+            "key? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 1
+    repair(wh)
+    after = check(wh)
+    print("after repair: " + "; ".join(after.lines()))
+    return 0 if after.ok else 1
+
+
 def _cmd_viz(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -210,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ray (default: a local Ray runtime, or the cluster in RAY_ADDRESS) or local (one process)",
     )
+    p.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="try again the images and experts that failed in earlier runs (e.g. a file fixed since)",
+    )
     p.set_defaults(func=_cmd_annotate)
 
     p = sub.add_parser("sql", help="query the warehouse: one statement, or an interactive read-only session")
@@ -218,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shell", action="store_true", help="interactive read-only session")
     p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
     p.set_defaults(func=_cmd_sql)
+
+    p = sub.add_parser("warehouse", help="check the warehouse's files and ledger, or repair them")
+    p.add_argument("action", choices=["check", "repair"])
+    p.add_argument("--yes", action="store_true", help="repair without asking")
+    p.add_argument("--warehouse", default=None, help="warehouse folder (default outputs/warehouse)")
+    p.set_defaults(func=_cmd_warehouse)
 
     p = sub.add_parser("viz", help="draw one image's stored records to a PNG")
     p.add_argument("image", help="file name, stem or image id")

@@ -13,3 +13,8 @@ class DatasetError(UserError):
 
 class WeightsError(UserError):
     """A weight file is missing or does not match its checksum."""
+
+
+class WarehouseError(UserError):
+    """The warehouse cannot be used safely as it is (lost or garbled manifest, full disk, unreadable
+    files, another run holding the dataset). Nothing was changed by the command that raised it."""

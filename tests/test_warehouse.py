@@ -75,16 +75,31 @@ def test_commit_is_partitioned_by_table_and_dataset(tmp_path):
     assert got == [{"dataset": "a", "n": 2}, {"dataset": "b", "n": 1}]
 
 
-def test_files_not_in_the_manifest_are_invisible_and_cleaned(tmp_path):
+def test_files_of_an_unpublished_commit_are_invisible_and_cleaned(tmp_path):
     wh = Warehouse(tmp_path)
     wh.commit({"done": [_done("a", 1)]})
-    # a writer that died after moving its file into place but before publishing the manifest
+    # a writer that died after moving its (journaled) file into place but before publishing the manifest
     orphan = tmp_path / "done" / "dataset=a" / "part-crashed.parquet"
     pq.write_table(pq.read_table(wh.files("done")[0]), orphan)
+    wh._journal("crashed", ["done/dataset=a/part-crashed.parquet"])
     (tmp_path / "_staging" / "x" / "done").mkdir(parents=True)
     assert wh.query("SELECT count(*) AS n FROM done").to_pylist() == [{"n": 1}]
     assert wh.recover() == [orphan]
-    assert not orphan.exists() and not (tmp_path / "_staging").exists()
+    assert (
+        not orphan.exists() and not (tmp_path / "_staging").exists() and not (tmp_path / "_journal").exists()
+    )
+
+
+def test_files_nobody_accounts_for_are_quarantined_not_deleted(tmp_path, capsys):
+    wh = Warehouse(tmp_path)
+    wh.commit({"done": [_done("a", 1)]})
+    stray = tmp_path / "done" / "dataset=a" / "part-from-elsewhere.parquet"
+    pq.write_table(pq.read_table(wh.files("done")[0]), stray)
+    assert wh.recover() == []
+    kept = list((tmp_path / "_quarantine").rglob("part-from-elsewhere.parquet"))
+    assert len(kept) == 1 and not stray.exists()
+    assert "moved, not deleted" in capsys.readouterr().err
+    assert wh.query("SELECT count(*) AS n FROM done").to_pylist() == [{"n": 1}]
 
 
 def test_a_failed_commit_publishes_nothing(tmp_path):
@@ -109,5 +124,7 @@ def test_compaction_merges_small_files_without_changing_rows(tmp_path):
     assert len(wh.files("detections")) == 1 and len(wh.files("done")) == 1
     assert wh.query("SELECT * FROM detections ORDER BY image_id").to_pylist() == before
     on_disk = {p for p in (tmp_path / "detections").rglob("*.parquet")}
-    assert on_disk == set(wh.files("detections"))
+    assert on_disk >= set(wh.files("detections"))  # replaced files stay for readers until the grace ends
     assert json.loads((tmp_path / "_manifest.json").read_text())["version"] == 10 + 2
+    Warehouse(tmp_path, retire_grace_s=0).recover()  # the grace is over: replaced files go
+    assert {p for p in (tmp_path / "detections").rglob("*.parquet")} == set(wh.files("detections"))

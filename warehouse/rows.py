@@ -7,7 +7,7 @@ from typing import Any
 
 from annotators.base import EXPERT_NAMES
 
-DECODE_KEY = "decode-v1"  # the decode step's entry in the `done` ledger
+from warehouse.schema import DECODE_KEY  # noqa: F401  (re-exported: the decode step's ledger key)
 
 
 def _identity(row: dict, name: str, plan_hash: str) -> dict[str, Any]:

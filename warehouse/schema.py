@@ -188,3 +188,20 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 EXPERT_TABLES = {"detection": "detections", "segmentation": "segments", "sgg": "relations", "ocr": "ocr"}
+
+DECODE_KEY = "decode-v1"  # the decode step's entry in the `done` ledger
+
+# Which `done` ledger key each annotation row belongs to, as (expert, config hash): a column name, or a
+# quoted constant. A commit drops rows whose key another commit already finished (nothing doubled).
+LEDGER_KEYS: dict[str, tuple[str, str]] = {
+    "images": ("'decode'", f"'{DECODE_KEY}'"),
+    **{table: (f"'{expert}'", "config_hash") for expert, table in EXPERT_TABLES.items()},
+    "aux_text": ("'aux'", "config_hash"),
+    "errors": ("stage", "config_hash"),
+}
+# Tables outside the ledger with a natural key of their own: a commit adds a key at most once.
+UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
+    "instructions": ("dataset", "sample_id"),
+    "aux_tokens": ("dataset", "image_id", "aux_config_hash", "tokenizer"),
+    "vision_features": ("dataset", "image_id", "encoder", "image_size"),
+}

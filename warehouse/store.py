@@ -5,32 +5,52 @@ Layout (Hive partitions by table and dataset, never by image)::
     <root>/_manifest.json                          # the only source of truth for readers
     <root>/<table>/dataset=<name>/part-<commit>.parquet
     <root>/_staging/<commit>/...                   # being written; never read
+    <root>/_journal/<commit>.json                  # files a commit is about to place (crash recovery)
+    <root>/_quarantine/<stamp>/...                 # files nobody could account for: kept, never read
 
-A commit writes its files under `_staging`, moves them into place, then atomically replaces
-`_manifest.json` (write temp + fsync + rename). A crash before the rename leaves files no manifest
-names; the next writer deletes them. Readers build their views from the manifest, so they never
-see partial files. One writer at a time (an fcntl lock on `<root>/.lock`).
+The promises and how they are kept:
+
+- **Atomic commits.** A commit writes its files under `_staging`, records their final paths in a
+  journal, moves them into place, then atomically replaces `_manifest.json` (write temp + fsync +
+  rename): the commit point. Readers build their views from the manifest, so they never see partial
+  files. One writer at a time (an fcntl lock on `<root>/.lock`).
+- **Nothing doubled.** Under that lock a commit re-checks its keys: annotation rows whose `done` ledger
+  key (image, expert, config) another commit already finished, and rows of the other keyed tables
+  (`schema.UNIQUE_KEYS`) already present, are dropped, so two runs racing on one dataset add each
+  result once. A failed key (status `error`) may be finished later by a retry.
+- **Nothing lost.** Recovery deletes only files a journal proves came from a commit that never
+  published; any other file the manifest does not name is moved to `_quarantine/`, never deleted. A
+  missing or garbled manifest beside data files stops every reader and writer with an explanation.
+- **Readers keep working.** Compaction retires replaced files in the manifest and deletes them only
+  after `retire_grace_s`, so a reader that listed them just before keeps reading.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from warehouse.schema import TABLES
+from pipeline.errors import WarehouseError
+from warehouse.schema import LEDGER_KEYS, TABLES, UNIQUE_KEYS
 
 ROW_GROUP_ROWS = 128 * 1024
 COMPACT_WHEN_FILES = 8  # per (table, dataset) partition
 TARGET_FILE_BYTES = 256 * 1024 * 1024
+RETIRE_GRACE_S = 3600.0  # how long a compacted-away file stays readable for readers that listed it
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,16 +61,62 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_json_durably(path: Path, data: dict) -> None:
+    tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 class Warehouse:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, retire_grace_s: float = RETIRE_GRACE_S):
         self.root = Path(root)
         self.manifest_path = self.root / "_manifest.json"
+        self.journal_dir = self.root / "_journal"
+        self.retire_grace_s = retire_grace_s
+        self.skipped_keys = 0  # results a commit dropped because another commit already holds them
 
     # ------------------------------------------------------------------------------ reading
     def manifest(self) -> dict:
+        """The committed state. A fresh warehouse is empty; a missing manifest beside data files, or a
+        manifest that is not one, is an error: reading it as empty would hide (and a writer would
+        delete) everything committed."""
         if not self.manifest_path.is_file():
-            return {"version": 0, "tables": {}}
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            stray = self._unaccounted_files(named=set())
+            if stray:
+                raise WarehouseError(
+                    f"The warehouse at {self.root} has no _manifest.json but holds {len(stray)} Parquet "
+                    f"files (e.g. {stray[0].relative_to(self.root)}). The manifest says which files are "
+                    "committed, so without it nothing can be read or written safely, and nothing was "
+                    "changed. Restore _manifest.json from the copy or backup it was lost from (it is a "
+                    "small JSON file at the warehouse root), or point --warehouse at a complete copy."
+                )
+            return {"version": 0, "tables": {}, "retired": []}
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            ok = isinstance(manifest, dict) and isinstance(manifest.get("tables"), dict)
+            ok = ok and all(
+                isinstance(v, list) and all(isinstance(r, str) for r in v)
+                for v in manifest["tables"].values()
+            )
+            problem = "it does not have the manifest's shape ({'version', 'tables': {table: [files]}})"
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            ok, problem = False, f"it is not valid JSON ({err})"
+        if not ok:
+            raise WarehouseError(
+                f"The warehouse manifest {self.manifest_path} is unreadable: {problem}. It lists which "
+                "files are committed, so nothing can be read or written safely, and nothing was changed. "
+                "Restore it from a backup or the copy it came from, or point --warehouse at a complete copy."
+            )
+        manifest.setdefault("retired", [])
+        return manifest
 
     def files(self, table: str, dataset: str | None = None) -> list[Path]:
         rel = self.manifest()["tables"].get(table, [])
@@ -60,21 +126,10 @@ class Warehouse:
 
     def connect(self, database: str = ":memory:"):
         """A DuckDB connection with one view per table over the committed files only."""
-        import duckdb
+        from warehouse.duck import build_views, open_connection
 
-        con = duckdb.connect(database)
-        manifest = self.manifest()
-        for table, schema in TABLES.items():
-            files = [str(self.root / r) for r in manifest["tables"].get(table, [])]
-            if files:
-                listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(
-                    f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listing}], "
-                    "hive_partitioning = true, union_by_name = true)"
-                )
-            else:
-                con.register(f"__empty_{table}", schema.empty_table())
-                con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM __empty_{table}")
+        con = open_connection(database)
+        build_views(con, self.manifest(), self.root)
         return con
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
@@ -84,7 +139,7 @@ class Warehouse:
         finally:
             con.close()
 
-    # ------------------------------------------------------------------------------ writing
+    # ------------------------------------------------------------------------------ locks
     @contextmanager
     def _lock(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -95,74 +150,229 @@ class Warehouse:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _publish(self, manifest: dict) -> None:
-        manifest["version"] = int(manifest.get("version", 0)) + 1
-        tmp = self.manifest_path.with_name(f"_manifest.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.manifest_path)
-        _fsync_dir(self.root)
+    @contextmanager
+    def run_lock(self, dataset: str, what: str = "moai annotate"):
+        """Held for a whole annotation run of one dataset: a second run on the same dataset and
+        warehouse is refused at once (the commit-time key check is the guarantee; this makes the
+        second run cheap and says why). Released by the OS when the process dies, even by kill -9."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f".run-{dataset}.lock"
+        handle = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise WarehouseError(
+                    f"Another {what} is already running on dataset '{dataset}' in {self.root} ({holder}). "
+                    "Wait for it to finish (its results are committed as it goes), or annotate another "
+                    "dataset; nothing was changed."
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%H:%M:%S')}")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
+
+    # ------------------------------------------------------------------------------ recovery
+    def _table_files(self) -> list[Path]:
+        return sorted(
+            p
+            for table in TABLES
+            if (self.root / table).is_dir()
+            for p in (self.root / table).rglob("*.parquet")
+        )
+
+    def _journaled(self) -> set[str]:
+        out: set[str] = set()
+        for journal in self.journal_dir.glob("*.json") if self.journal_dir.is_dir() else []:
+            try:
+                out.update(json.loads(journal.read_text(encoding="utf-8"))["files"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a torn journal proves nothing: its files are quarantined, not deleted
+        return out
+
+    def _unaccounted_files(self, named: set[str]) -> list[Path]:
+        known = named | self._journaled()
+        return [p for p in self._table_files() if p.relative_to(self.root).as_posix() not in known]
 
     def recover(self) -> list[Path]:
-        """Delete files a crashed writer left behind (not named by the manifest). Returns them."""
+        """Clean up after crashed writers. Returns the files deleted (those of unpublished commits)."""
         with self._lock():
             return self._recover_locked()
 
     def _recover_locked(self) -> list[Path]:
+        manifest = self.manifest()  # refuses a lost or garbled manifest before anything is touched
         shutil.rmtree(self.root / "_staging", ignore_errors=True)
         for stale in self.root.glob("_manifest.*.tmp"):
             stale.unlink(missing_ok=True)
-        named = {self.root / r for files in self.manifest()["tables"].values() for r in files}
-        removed = []
-        for table in TABLES:
-            for path in (self.root / table).rglob("*.parquet") if (self.root / table).is_dir() else []:
-                if path not in named:
-                    path.unlink()
-                    removed.append(path)
+        named = {r for files in manifest["tables"].values() for r in files}
+        named |= {r["file"] for r in manifest["retired"]}
+        journaled = self._journaled()
+        removed, quarantined = [], []
+        quarantine = self.root / "_quarantine" / (time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}")
+        for path in self._table_files():
+            rel = path.relative_to(self.root).as_posix()
+            if rel in named:
+                continue
+            if rel in journaled:  # placed by a commit that crashed before publishing: never visible
+                path.unlink()
+                removed.append(path)
+            else:  # nobody can say where it came from: keep it, out of the readers' way
+                (quarantine / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, quarantine / rel)
+                quarantined.append(rel)
+        shutil.rmtree(self.journal_dir, ignore_errors=True)
+        if quarantined:
+            print(
+                f"[warehouse] WARNING: {len(quarantined)} Parquet files under {self.root} were named neither "
+                f"by the manifest nor by an interrupted commit (e.g. {quarantined[0]}); they were moved, not "
+                f"deleted, to {quarantine}. Readers never saw them. Inspect them there and delete them "
+                "when you know they are not needed.",
+                file=sys.stderr,
+            )
+        self._purge_retired_locked(manifest)
         return removed
 
+    def _purge_retired_locked(self, manifest: dict) -> None:
+        now = time.time()
+        expired = [r for r in manifest["retired"] if now - r["at"] >= self.retire_grace_s]
+        if not expired:
+            return
+        manifest["retired"] = [r for r in manifest["retired"] if r not in expired]
+        self._publish(manifest)
+        for r in expired:
+            (self.root / r["file"]).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------ writing
+    def _publish(self, manifest: dict) -> None:
+        manifest["version"] = int(manifest.get("version", 0)) + 1
+        _write_json_durably(self.manifest_path, manifest)
+
+    def _journal(self, commit_id: str, rels: list[str]) -> Path:
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        path = self.journal_dir / f"{commit_id}.json"
+        _write_json_durably(path, {"files": rels})
+        return path
+
+    def _drop_committed(self, data: dict[str, pa.Table]) -> dict[str, pa.Table]:
+        """Drop incoming rows whose key is already committed (see the module docstring)."""
+        con = None
+        try:
+            done = data.get("done")
+            if done is not None and done.num_rows and self.manifest()["tables"].get("done"):
+                con = con or self.connect()
+                con.register(
+                    "incoming", done.select(["dataset", "image_id", "expert", "config_hash", "status"])
+                )
+                datasets = ", ".join(_sql_str(d) for d in set(done.column("dataset").to_pylist()))
+                clash = con.sql(
+                    f"""SELECT i.dataset, i.image_id, i.expert, i.config_hash FROM incoming i
+                    JOIN (SELECT dataset, image_id, expert, config_hash, bool_or(status = 'ok') AS ok
+                          FROM done WHERE dataset IN ({datasets}) GROUP BY ALL) d
+                    USING (dataset, image_id, expert, config_hash)
+                    WHERE d.ok OR i.status <> 'ok'"""
+                ).fetchall()
+                if clash:
+                    taken = set(clash)
+                    self.skipped_keys += len(taken)
+                    for table, (expert, chash) in {**LEDGER_KEYS, "done": ("expert", "config_hash")}.items():
+                        if table in data:
+                            data[table] = _without(data[table], taken, expert, chash)
+            for table, key in UNIQUE_KEYS.items():
+                rows = data.get(table)
+                if rows is None or not rows.num_rows or not self.manifest()["tables"].get(table):
+                    continue
+                con = con or self.connect()
+                con.register("incoming_keys", rows.select(list(key)))
+                datasets = ", ".join(_sql_str(d) for d in set(rows.column("dataset").to_pylist()))
+                cols = ", ".join(key)
+                have = set(
+                    con.sql(
+                        f"SELECT DISTINCT {cols} FROM {table} JOIN incoming_keys USING ({cols}) "
+                        f"WHERE dataset IN ({datasets})"
+                    ).fetchall()
+                )
+                if have:
+                    keys = list(zip(*(rows.column(k).to_pylist() for k in key), strict=True))
+                    data[table] = rows.filter(pa.array([k not in have for k in keys]))
+            # Within one commit a key counts once too.
+            for table, key in UNIQUE_KEYS.items():
+                if table in data and data[table].num_rows:
+                    data[table] = _first_per_key(data[table], key)
+        finally:
+            if con is not None:
+                con.close()
+        return data
+
     def commit(self, tables: dict[str, pa.Table | list[dict]], commit_id: str | None = None) -> str:
-        """Atomically add rows to several tables at once (all or nothing). Returns the commit id."""
+        """Atomically add rows to several tables at once (all or nothing); rows already committed
+        (by key) are dropped. Returns the commit id."""
         commit_id = commit_id or uuid.uuid4().hex[:16]
         with self._lock():
             self._recover_locked()
+            data = {
+                t: (
+                    rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=TABLES[t])
+                ).cast(TABLES[t])
+                for t, rows in tables.items()
+            }
+            data = self._drop_committed(data)
             staging = self.root / "_staging" / commit_id
-            placed: list[tuple[Path, Path]] = []
-            for table, rows in tables.items():
-                data = (
-                    rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=TABLES[table])
-                )
-                if data.num_rows == 0:
-                    continue
-                data = data.cast(TABLES[table])
-                for dataset in sorted(set(data.column("dataset").to_pylist())):
-                    part = data.filter(pa.compute.equal(data.column("dataset"), dataset)).drop_columns(
-                        ["dataset"]
-                    )
-                    rel = Path(table) / f"dataset={dataset}" / f"part-{commit_id}.parquet"
-                    tmp = staging / rel
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(part, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                    with open(tmp, "rb") as f:
-                        os.fsync(f.fileno())
-                    placed.append((tmp, rel))
-            if not placed:
-                return commit_id
-            manifest = self.manifest()
-            for tmp, rel in placed:
-                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, self.root / rel)
-                manifest["tables"].setdefault(rel.parts[0], []).append(rel.as_posix())
-            self._publish(manifest)  # the commit point
-            shutil.rmtree(staging, ignore_errors=True)
+            placed: list[tuple[Path, str]] = []
+            journal = None
+            try:
+                for table, rows in data.items():
+                    for dataset in sorted(set(rows.column("dataset").to_pylist())):
+                        part = rows.filter(pc.equal(rows.column("dataset"), dataset)).drop_columns(
+                            ["dataset"]
+                        )
+                        rel = f"{table}/dataset={dataset}/part-{commit_id}.parquet"
+                        tmp = staging / rel
+                        tmp.parent.mkdir(parents=True, exist_ok=True)
+                        pq.write_table(part, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                        with open(tmp, "rb") as f:
+                            os.fsync(f.fileno())
+                        placed.append((tmp, rel))
+                if not placed:
+                    return commit_id
+                journal = self._journal(commit_id, [rel for _, rel in placed])
+                manifest = self.manifest()
+                for tmp, rel in placed:
+                    (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, self.root / rel)
+                    manifest["tables"].setdefault(rel.split("/", 1)[0], []).append(rel)
+                self._publish(manifest)  # the commit point
+            except OSError as err:
+                self._undo(placed, journal)
+                if err.errno in DISK_FULL:
+                    raise WarehouseError(
+                        f"The disk holding {self.root} is full ({err.strerror}). This commit was rolled back "
+                        "and nothing from it is visible; every earlier commit is intact. Free some space and "
+                        "run the command again: finished work is skipped."
+                    ) from None
+                raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            journal.unlink(missing_ok=True)
         return commit_id
 
-    def _merge_files(self, partition: str, rels: list[str], schema: pa.Schema) -> list[str]:
-        """Stream the files' row groups into new files of at most ~TARGET_FILE_BYTES (memory: one row group)."""
+    def _undo(self, placed: list[tuple[Path, str]], journal: Path | None) -> None:
+        """Remove what an unpublished commit placed (best effort; recovery finishes the job)."""
+        manifest_names = {r for files in self.manifest()["tables"].values() for r in files}
+        for _, rel in placed:
+            if rel not in manifest_names:
+                (self.root / rel).unlink(missing_ok=True)
+        if journal is not None:
+            journal.unlink(missing_ok=True)
+
+    def _merge_files(self, partition: str, rels: list[str], schema: pa.Schema, out: list[str]) -> None:
+        """Stream the files' row groups into new staged files of at most ~TARGET_FILE_BYTES (memory: one
+        row group); their final names are appended to `out`."""
         schema = schema.remove(schema.get_field_index("dataset"))  # the partition path carries it
-        out: list[str] = []
         writer, written = None, 0
         try:
             for r in rels:
@@ -181,13 +391,11 @@ class Warehouse:
         finally:
             if writer is not None:
                 writer.close()
-        for rel in out:
-            os.replace(self.root / "_staging" / rel, self.root / rel)
-        return out
 
     def compact(self, tables: Iterable[str] | None = None, min_files: int = COMPACT_WHEN_FILES) -> int:
-        """Merge partitions holding many small files into few large ones. Returns files removed."""
-        removed = 0
+        """Merge partitions holding many small files into few large ones. Returns files retired (they
+        stay readable for `retire_grace_s`, then a later writer deletes them)."""
+        retired = 0
         with self._lock():
             self._recover_locked()
             manifest = self.manifest()
@@ -198,12 +406,50 @@ class Warehouse:
                 for partition, rels in by_partition.items():
                     if len(rels) < min_files:
                         continue
-                    new_rels = self._merge_files(partition, rels, TABLES[table])
+                    new_rels: list[str] = []
+                    try:
+                        self._merge_files(partition, rels, TABLES[table], new_rels)
+                        journal = self._journal(uuid.uuid4().hex[:16], new_rels)
+                        for rel in new_rels:
+                            os.replace(self.root / "_staging" / rel, self.root / rel)
+                    except OSError as err:
+                        self._undo([(Path(), r) for r in new_rels], None)
+                        shutil.rmtree(self.root / "_staging", ignore_errors=True)
+                        if err.errno in DISK_FULL:
+                            return retired  # compaction is an optimisation: the data is unchanged
+                        raise
                     keep = [r for r in manifest["tables"][table] if r not in set(rels)]
                     manifest["tables"][table] = keep + new_rels
+                    manifest["retired"] += [{"file": r, "at": time.time()} for r in rels]
                     self._publish(manifest)
-                    for r in rels:
-                        (self.root / r).unlink(missing_ok=True)
-                    removed += len(rels)
+                    journal.unlink(missing_ok=True)
+                    retired += len(rels)
             shutil.rmtree(self.root / "_staging", ignore_errors=True)
-        return removed
+            self._purge_retired_locked(manifest)
+        return retired
+
+
+def _without(rows: pa.Table, taken: set, expert: str, chash: str) -> pa.Table:
+    """`rows` minus those whose ledger key (dataset, image_id, expert, config_hash) is in `taken`."""
+    n = rows.num_rows
+
+    def column(spec: str) -> list:
+        return [spec.strip("'")] * n if spec.startswith("'") else rows.column(spec).to_pylist()
+
+    keys = zip(
+        rows.column("dataset").to_pylist(),
+        rows.column("image_id").to_pylist(),
+        column(expert),
+        column(chash),
+        strict=True,
+    )
+    return rows.filter(pa.array([k not in taken for k in keys], type=pa.bool_()))
+
+
+def _first_per_key(rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    seen: set = set()
+    mask = []
+    for k in zip(*(rows.column(c).to_pylist() for c in key), strict=True):
+        mask.append(k not in seen)
+        seen.add(k)
+    return rows.filter(pa.array(mask, type=pa.bool_()))
