@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.duck import sql_literal as _sql_str
 from warehouse.schema import LEDGER_KEYS
-from warehouse.store import Warehouse, _sql_str
+from warehouse.store import Warehouse
 
 KEY = ("dataset", "image_id", "expert", "config_hash")
 

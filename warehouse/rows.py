@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from annotators.base import EXPERT_NAMES
-
 from warehouse.schema import DECODE_KEY  # noqa: F401  (re-exported: the decode step's ledger key)
 
 

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import WarehouseError
+from warehouse.duck import sql_literal as _sql_str
 from warehouse.schema import LEDGER_KEYS, TABLES, UNIQUE_KEYS
 
 ROW_GROUP_ROWS = 128 * 1024
@@ -69,10 +70,6 @@ def _write_json_durably(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-def _sql_str(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 class Warehouse:
@@ -242,10 +239,10 @@ class Warehouse:
         expired = [r for r in manifest["retired"] if now - r["at"] >= self.retire_grace_s]
         if not expired:
             return
+        for r in expired:  # unlinked first: a crash in between leaves names of gone files, which is harmless
+            (self.root / r["file"]).unlink(missing_ok=True)
         manifest["retired"] = [r for r in manifest["retired"] if r not in expired]
         self._publish(manifest)
-        for r in expired:
-            (self.root / r["file"]).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------ writing
     def _publish(self, manifest: dict) -> None:
