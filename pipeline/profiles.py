@@ -4,6 +4,9 @@ A *profile* (`configs/profiles/<name>.yaml`) chooses backend, model and weights 
 *job* (`jobs/<dataset>.yaml`) names the profile a dataset uses by default and the run's knobs
 (batch sizes, actor counts, whether random-init weights are acceptable for this corpus).
 
+Both are read by pipeline/config.py into the dataclasses below: unknown keys (profiles: also those an
+expert's backend does not read), wrong types and impossible values are one-line errors naming the file.
+
 The key of an expert's work on an image is (image_id, expert, plan hash). The plan hash covers the
 expert's config, its code version, the bytes of every weight file the config names, and the plan
 hashes of the experts it reads from (segmentation reads detection; sgg reads both), so changing
@@ -12,14 +15,26 @@ one expert's config recomputes that expert and the ones downstream of it, nothin
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from annotators.base import EXPERT_NAMES, RANDOM_INIT, config_hash
+from annotators.verbalize import VerbalizeConfig
+from pipeline.config import (
+    ConfigError,
+    at_least,
+    between,
+    check_mapping,
+    fields_of,
+    keyed_by,
+    one_of,
+    read_yaml,
+    shown,
+    typed,
+)
 from pipeline.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +72,17 @@ class JobSpec:
     splits: list[str] | None = None
 
 
+# What a job file may say beyond its type: a batch of 0 or a negative one would plan the work and then
+# run none of it (reporting success), and an actor pool or GPU share only means something per expert.
+JOB_CHECKS = {
+    "batch_size": at_least(1),
+    "commit_every": at_least(1),
+    "actors": keyed_by(EXPERT_NAMES, at_least(1)),
+    "gpus": keyed_by(EXPERT_NAMES, between(0.0, 1.0)),
+}
+PROFILE_CHECKS = {"experts": keyed_by(EXPERT_NAMES)}
+
+
 def _expand(value: Any) -> Any:
     """Expand ${VAR} / ~ in strings and resolve repo-relative paths ('./…', '../…') against the repo."""
     if isinstance(value, dict):
@@ -76,29 +102,71 @@ def load_profile(name_or_path: str) -> Profile:
     if not path.suffix:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise UserError(f"No profile '{name_or_path}' (looked for {path}). Known profiles: {known}.")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    experts = {k: _expand(v) for k, v in (raw.get("experts") or {}).items() if v and v.get("enabled", True)}
-    unknown = set(experts) - set(EXPERT_NAMES)
-    if unknown:
+        names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        close = difflib.get_close_matches(str(name_or_path), names, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(
-            f"Profile {path} names unknown experts {sorted(unknown)}; known: {list(EXPERT_NAMES)}."
+            f"No profile '{name_or_path}' (looked for {path}).{hint} Known profiles: {', '.join(names)}."
         )
-    for name in experts:
-        missing = [u for u in UPSTREAM[name] if u not in experts]
+    where = shown(path)
+    profile = typed(Profile, read_yaml(path), where, checks=PROFILE_CHECKS, name=path.stem)
+    for name, block in profile.experts.items():
+        check_expert_block(name, block, where)
+    check_mapping(profile.verbalize, fields_of(VerbalizeConfig), where, "verbalize")
+    try:  # its own range checks (thresholds in [0, 1], ...), named after this file
+        VerbalizeConfig.from_mapping(profile.verbalize)
+    except UserError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    profile.experts = {k: _expand(v) for k, v in profile.experts.items() if v.get("enabled", True)}
+    if not profile.experts:  # a profile that runs nothing would commit empty aux rows and exit 0
+        raise ConfigError(f"{where}: no expert enabled under 'experts' (known: {', '.join(EXPERT_NAMES)})")
+    for name in profile.experts:
+        missing = [u for u in UPSTREAM[name] if u not in profile.experts]
         if missing:
-            raise UserError(f"Profile {path}: expert '{name}' needs {missing} enabled too.")
-    return Profile(path.stem, experts, dict(raw.get("verbalize") or {}), str(raw.get("description", "")))
+            raise ConfigError(f"{where}: expert 'experts.{name}' needs {missing} enabled too")
+    return profile
+
+
+def expert_backends(name: str) -> tuple[str, dict[str, frozenset[str] | None]]:
+    """(default backend, {backend: the keys its config block may hold; None: any}) of an expert, as its
+    annotator module declares them. The experts refuse unknown keys too, but only once a worker builds
+    them; checking here fails before any work is planned, and suggests the key that was meant."""
+    if name == "detection":
+        from annotators import detection
+
+        return "ultralytics", {"ultralytics": detection.ULTRALYTICS_KEYS, "onnx": detection.ONNX_KEYS}
+    if name == "segmentation":
+        from annotators import segmentation
+
+        # the module reads its DEFAULTS' keys plus the model/weight names (see its docstring)
+        keys = frozenset(segmentation.DEFAULTS) | {"model", "weights", "encoder", "decoder", "enabled"}
+        return segmentation.DEFAULTS["backend"], dict.fromkeys(segmentation.BACKENDS, keys)
+    if name == "sgg":
+        from annotators import sgg
+
+        return "geometric", {"geometric": sgg.GEOMETRIC_KEYS, "plugin": None}  # a plug-in reads its own keys
+    from annotators import ocr
+
+    return ocr.DEFAULT_BACKEND, dict.fromkeys(ocr.BACKENDS, frozenset(ocr.COMMON_KEYS))
+
+
+def check_expert_block(name: str, block: dict[str, Any], where: str) -> None:
+    """One `experts.<name>` block: a known backend, and only the keys that backend reads."""
+    path = f"experts.{name}"
+    if not block:  # `ocr: {}` used to mean "off"; say which is meant
+        raise ConfigError(f"{where}: '{path}' is empty; give at least its backend, or 'enabled: false'")
+    default, backends = expert_backends(name)
+    one_of(*backends)(block.get("backend", default), where, f"{path}.backend")
+    keys = backends[block.get("backend", default)]
+    hints: dict[str, Any] = dict.fromkeys(keys if keys is not None else block, Any)
+    check_mapping(block, {**hints, "enabled": bool}, where, path)
 
 
 def load_job(dataset: str) -> JobSpec:
     path = JOBS_DIR / f"{dataset}.yaml"
     if not path.is_file():
         path = JOBS_DIR / "default.yaml"
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    raw["dataset"] = dataset
-    return JobSpec(**raw)
+    return typed(JobSpec, read_yaml(path), shown(path), checks=JOB_CHECKS, dataset=dataset)
 
 
 def _file_digests(config: Any, out: dict[str, str]) -> dict[str, str]:

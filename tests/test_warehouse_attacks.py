@@ -329,7 +329,10 @@ def test_repair_drops_rows_whose_ledger_was_lost_so_a_redo_cannot_double_them(tm
     assert wh.query("SELECT image_id FROM images ORDER BY 1").column("image_id").to_pylist() == [1, 2]
     decode = _done("a", 3, expert="decode", chash="decode-v1", n=0)
     wh.commit({"images": [_image("a", 3)], "detections": [_det("a", 3)], "done": [decode, _done("a", 3)]})
-    assert _n(wh, "SELECT count(*) AS n FROM images") == 3 and _n(wh, "SELECT count(*) AS n FROM detections") == 3
+    assert (
+        _n(wh, "SELECT count(*) AS n FROM images") == 3
+        and _n(wh, "SELECT count(*) AS n FROM detections") == 3
+    )
 
 
 def test_repair_asks_first_and_changes_nothing_when_refused(tmp_path, monkeypatch):
@@ -339,3 +342,15 @@ def test_repair_asks_first_and_changes_nothing_when_refused(tmp_path, monkeypatc
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     assert moai(["warehouse", "repair", "--warehouse", str(wh.root)]) == 1
     assert _data_files(wh.root) == before
+
+
+def test_annotate_on_a_damaged_ledger_stops_with_one_paragraph(tmp_path, sample_corpus):
+    wh = _three_commits(tmp_path)
+    damaged = wh.root / "done" / "dataset=a" / "part-c1.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:30])
+    job = JobSpec(dataset="sample", profile="fast", allow_random_weights=True)
+    with pytest.raises(
+        WarehouseError, match="warehouse table done cannot be read: file .*part-c1.parquet"
+    ) as info:
+        run_annotation(sample_corpus, load_profile(FAST), job, wh, executor="local", limit=1)
+    assert "\n" not in str(info.value) and "moai warehouse repair" in str(info.value)

@@ -130,9 +130,16 @@ class Warehouse:
         return con
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
+        import duckdb
+
         con = self.connect()
         try:
             return con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
+        except duckdb.Error as err:
+            # a damaged table's view (warehouse/duck.py) raises its own message: pass it on plainly
+            if "moai warehouse check" in str(err):
+                raise WarehouseError(str(err).split("Error: ", 1)[-1].strip()) from None
+            raise
         finally:
             con.close()
 
