@@ -5,7 +5,7 @@ An expert is built from a plain config dict (one block of a YAML profile), loads
 per image. Experts know nothing about Ray or Parquet: the pipeline wires them up and the warehouse
 stores what they return.
 
-    expert = make_expert("detection", {"backend": "onnx", "model": "centernet", ...})
+    expert = annotators.registry.make_expert("detection", {"backend": "onnx", "model": "centernet", ...})
     expert.load()
     outputs = expert([ImageInput(image_id=1, image=rgb_uint8_hwc)])
     outputs[0].records          # list[Detection]
@@ -14,13 +14,14 @@ stores what they return.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
+from core.hashing import config_hash
 
 RANDOM_INIT = "random-init"
 
@@ -120,13 +121,23 @@ def record_to_dict(record: Any) -> dict:
     return asdict(record)
 
 
+def field_of(record: Any, name: str, default: Any = None) -> Any:
+    """A record's field, whether the record is a dataclass or the dict it was stored as."""
+    if isinstance(record, Mapping):
+        return record.get(name, default)
+    return getattr(record, name, default)
+
+
+UNLABELED = "unlabeled"  # the label of a region no detector named
+_PANOPTIC_SUFFIXES = re.compile(r"(-merged|-other|-stuff)+$")
+
+
+def clean_label(label: Any) -> str:
+    """Drop COCO-panoptic suffixes, as MoAI does ("wall-other-merged" -> "wall")."""
+    return _PANOPTIC_SUFFIXES.sub("", str(label)).strip()
+
+
 # ----------------------------------------------------------------------------- identity
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Stable short hash of a JSON-able config (key order does not matter)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -214,21 +225,3 @@ class Expert:
             return ExpertOutput(
                 item.image_id, [], f"{type(err).__name__}: {err}", time.perf_counter() - start
             )
-
-
-EXPERT_NAMES = ("detection", "segmentation", "sgg", "ocr")
-
-
-def make_expert(name: str, config: Mapping[str, Any]) -> Expert:
-    """Build an expert by name from its config block (imports only the module needed)."""
-    if name == "detection":
-        from annotators.detection import build_detector as build
-    elif name == "segmentation":
-        from annotators.segmentation import build_segmenter as build
-    elif name == "sgg":
-        from annotators.sgg import build_scene_graph as build
-    elif name == "ocr":
-        from annotators.ocr import build_ocr as build
-    else:
-        raise ValueError(f"unknown expert {name!r}; expected one of {EXPERT_NAMES}")
-    return build(config)

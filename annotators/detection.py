@@ -66,11 +66,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput
 from annotators.device import Device, pick_device
+from annotators.masks import nms
 from annotators.weights import resolve_weights, sha256_file, weights_dir
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
 
 DEFAULT_SCORE_THRESHOLD = 0.1
 DEFAULT_MAX_DETECTIONS = 100
@@ -231,7 +233,7 @@ class _Detector(Expert):
 def read_class_names(spec: str) -> list[str]:
     """Class names, one per non-blank line of a text file; "coco80" is the built-in COCO list."""
     if spec == "coco80":
-        from pipeline.corpora.coco_categories import COCO_CATEGORIES
+        from corpora.coco_categories import COCO_CATEGORIES
 
         return [name for _, name, _ in COCO_CATEGORIES]
     path = Path(spec).expanduser()
@@ -565,27 +567,6 @@ def _size(value: Any) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS as torchvision.ops.nms: indices kept, by decreasing score; IoU > threshold suppresses."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    suppressed = np.zeros(len(boxes), dtype=bool)
-    keep = []
-    for position, i in enumerate(order):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        rest = order[position + 1 :]
-        rest = rest[~suppressed[rest]]
-        width = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(min=0)
-        height = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(min=0)
-        inter = width * height
-        iou = inter / (areas[i] + areas[rest] - inter)
-        suppressed[rest[iou > iou_threshold]] = True
-    return np.asarray(keep, dtype=np.int64)
-
-
 def batched_nms(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, agnostic: bool = False
 ) -> np.ndarray:
@@ -886,3 +867,34 @@ class OnnxDetector(_Detector):
         return np.concatenate(
             [boxes, by_name[named["scores"]].reshape(-1, 1), by_name[named["classes"]].reshape(-1, 1)], axis=1
         )
+
+
+# ----------------------------------------------------------------------------- registry facts
+# (annotators/registry.py reads these: the config keys each backend reads, and the warehouse table)
+DEFAULT_BACKEND = "ultralytics"
+BACKEND_KEYS: dict[str, frozenset[str] | None] = {
+    "ultralytics": frozenset(ULTRALYTICS_KEYS),
+    "onnx": frozenset(ONNX_KEYS),
+}
+TABLE = "detections"
+COLUMNS = [
+    ("det_index", pa.int32()),
+    ("label", pa.string()),
+    ("class_id", pa.int32()),
+    ("score", pa.float32()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+    ("x2", pa.float32()),
+    ("y2", pa.float32()),
+]
+
+
+def to_columns(index: int, r: Mapping[str, Any]) -> dict[str, Any]:
+    x1, y1, x2, y2 = r["box"]
+    return {"det_index": index, "label": r["label"], "class_id": r["class_id"], "score": r["score"],
+            "x1": x1, "y1": y1, "x2": x2, "y2": y2}  # fmt: skip
+
+
+def from_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"label": row["label"], "class_id": row["class_id"], "score": row["score"],
+            "box": [row["x1"], row["y1"], row["x2"], row["y2"]]}  # fmt: skip

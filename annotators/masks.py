@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from annotators.base import field_of
+
 # ----------------------------------------------------------------------------- COCO RLE
 
 
@@ -62,25 +64,28 @@ def mask_box_xyxy(mask: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
 
 
-def box_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
-    """Indices kept by greedy box NMS, best score first (what SAM's mask generator does)."""
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    order = list(np.argsort(-np.asarray(scores, np.float64), kind="stable"))
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep: list[int] = []
-    while order:
-        best, rest = order[0], np.array(order[1:], dtype=np.int64)
-        keep.append(int(best))
-        if rest.size == 0:
-            break
-        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-9)
-        order = [int(i) for i in rest[iou <= iou_threshold]]
-    return keep
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS as torchvision.ops.nms: indices kept, by decreasing score; IoU > threshold suppresses.
+    The one NMS of the project: detectors use it per class, SAM's mask generator on mask boxes."""
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (boxes[:, k] for k in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    keep = []
+    for position, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        rest = order[position + 1 :]
+        rest = rest[~suppressed[rest]]
+        width = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(min=0)
+        height = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(min=0)
+        inter = width * height
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, np.finfo(np.float32).tiny)
+        suppressed[rest[iou > iou_threshold]] = True
+    return np.asarray(keep, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- segment maps
@@ -109,22 +114,17 @@ def paint_segment_map(
     return segment_map, kept, finals
 
 
-def _field(record: Any, name: str) -> Any:
-    """Read a field from a `Segment` or from its dict form (warehouse rows, JSON)."""
-    return record[name] if isinstance(record, Mapping) else getattr(record, name)
-
-
 def segment_map_from_records(records: Sequence[Any], height: int, width: int) -> np.ndarray:
     """Rebuild the int32 segment map (0 = void) from stored records' RLEs and segment ids."""
     segment_map = np.zeros((height, width), np.int32)
     for record in records:
-        rle = _field(record, "rle")
+        rle = field_of(record, "rle")
         if list(rle["size"]) != [height, width]:
             raise ValueError(
-                f"segment {_field(record, 'segment_id')} has RLE size {rle['size']}, "
+                f"segment {field_of(record, 'segment_id')} has RLE size {rle['size']}, "
                 f"not the image's {[height, width]}"
             )
-        segment_map[decode_rle(rle)] = int(_field(record, "segment_id"))
+        segment_map[decode_rle(rle)] = int(field_of(record, "segment_id"))
     return segment_map
 
 
@@ -154,15 +154,15 @@ def segments_info(records: Sequence[Any], include_unlabeled: bool = True) -> lis
     """
     info = []
     for record in records:
-        if not include_unlabeled and int(_field(record, "category_id")) == 0:
+        if not include_unlabeled and int(field_of(record, "category_id")) == 0:
             continue
         info.append(
             {
-                "id": int(_field(record, "segment_id")),
-                "category_id": int(_field(record, "category_id")),
+                "id": int(field_of(record, "segment_id")),
+                "category_id": int(field_of(record, "category_id")),
                 "iscrowd": 0,
-                "bbox": [float(v) for v in _field(record, "bbox")],
-                "area": int(_field(record, "area")),
+                "bbox": [float(v) for v in field_of(record, "bbox")],
+                "area": int(field_of(record, "area")),
             }
         )
     return info
@@ -175,6 +175,6 @@ def panoptic_annotation(
     regions are excluded their pixels become void (0), so every id in the PNG is listed."""
     segment_map = segment_map_from_records(records, height, width)
     if not include_unlabeled:
-        dropped = [int(_field(r, "segment_id")) for r in records if int(_field(r, "category_id")) == 0]
+        dropped = [int(field_of(r, "segment_id")) for r in records if int(field_of(r, "category_id")) == 0]
         segment_map[np.isin(segment_map, dropped)] = 0
     return panoptic_png(segment_map), segments_info(records, include_unlabeled)

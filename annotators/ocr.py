@@ -52,11 +52,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from annotators.base import Expert, ImageInput, TextLine
+from annotators.base import Expert, ImageInput, TextLine, field_of
 from annotators.device import Device, pick_device
 from annotators.weights import sha256_file
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
 
 DEFAULT_BACKEND = "rapidocr"
 BACKENDS = ("rapidocr", "rapidocr-onnxruntime", "paddleocr")
@@ -125,22 +126,30 @@ def _bounds(polygon: Sequence[Sequence[float]]) -> tuple[float, float, float, fl
     return min(xs), min(ys), max(xs), max(ys)
 
 
-def reading_order(lines: Sequence[TextLine]) -> list[TextLine]:
-    """Rows top to bottom, left to right within a row.
-
-    A line joins the current row when its vertical centre lies within the vertical extent of the
-    row's first (topmost) line, so words of one row whose tops differ by a few pixels stay in order
-    at any text size (the libraries' own sort uses a fixed 10 px, too little for large text).
-    """
-    rows: list[tuple[float, float, list[TextLine]]] = []
-    for line in sorted(lines, key=lambda ln: (_bounds(ln.polygon)[1], _bounds(ln.polygon)[0])):
-        _, top, _, bottom = _bounds(line.polygon)
-        centre = (top + bottom) / 2
-        if rows and rows[-1][0] <= centre <= rows[-1][1]:
-            rows[-1][2].append(line)
+def reading_order(lines: Sequence[Any]) -> list[Any]:
+    """OCR lines (records or their stored dicts) in reading order: rows top to bottom, left to right
+    within a row; lines without a polygon last. A line joins the current row when its vertical centre
+    lies within the vertical extent of the row's first (topmost) line, so words of one row whose tops
+    differ by a few pixels stay in order at any text size (the libraries' own sort uses a fixed 10 px,
+    too little for large text). Ties are broken by text, so the order never depends on input order."""
+    placed, unplaced = [], []
+    for line in lines:
+        points = np.asarray(field_of(line, "polygon") or [], dtype=np.float64).reshape(-1, 2)
+        if len(points) == 0:
+            unplaced.append(line)
         else:
-            rows.append((top, bottom, [line]))
-    return [line for *_, row in rows for line in sorted(row, key=lambda ln: _bounds(ln.polygon)[0])]
+            (x0, y0), (_, y1) = points.min(axis=0), points.max(axis=0)
+            placed.append((float(y0), float(y1), float(x0), line))
+    placed.sort(key=lambda p: (p[0], p[2], p[1], str(field_of(p[3], "text", ""))))
+    rows: list[list[tuple[float, float, float, Any]]] = []
+    for entry in placed:
+        center = (entry[0] + entry[1]) / 2
+        if rows and rows[-1][0][0] <= center <= rows[-1][0][1]:
+            rows[-1].append(entry)
+        else:
+            rows.append([entry])
+    ordered = [e[3] for row in rows for e in sorted(row, key=lambda e: (e[2], e[0]))]
+    return ordered + sorted(unplaced, key=lambda line: str(field_of(line, "text", "")))
 
 
 def to_lines(raw: Sequence[tuple[str, float, Any]], width: int, height: int, floor: float) -> list[TextLine]:
@@ -488,3 +497,23 @@ class PaddleOcrExpert(_OcrExpert):
         for result in self.engine.predict(bgr):
             raw += list(zip(result["rec_texts"], result["rec_scores"], result["rec_polys"], strict=True))
         return raw
+
+
+# ----------------------------------------------------------------------------- registry facts
+# (annotators/registry.py reads these: the config keys each backend reads, and the warehouse table)
+BACKEND_KEYS: dict[str, frozenset[str] | None] = dict.fromkeys(BACKENDS, frozenset(COMMON_KEYS))
+TABLE = "ocr"
+COLUMNS = [
+    ("line_index", pa.int32()),
+    ("text", pa.string()),
+    ("score", pa.float32()),
+    ("polygon", pa.list_(pa.list_(pa.float64()))),
+]
+
+
+def to_columns(index: int, r: Mapping[str, Any]) -> dict[str, Any]:
+    return {"line_index": index, "text": r["text"], "score": r["score"], "polygon": r["polygon"]}
+
+
+def from_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"text": row["text"], "score": row["score"], "polygon": row["polygon"]}

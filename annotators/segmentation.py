@@ -49,13 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput, Segment
 from annotators.device import Device, pick_device
-from annotators.masks import box_nms, encode_rle, mask_box_xyxy, paint_segment_map, rle_bbox
+from annotators.masks import encode_rle, mask_box_xyxy, nms, paint_segment_map, rle_bbox
 from annotators.weights import resolve_weights, sha256_file
-from pipeline.corpora.coco_categories import COCO_CATEGORIES
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
+from corpora.coco_categories import COCO_CATEGORIES
 
 BACKENDS = ("segment-anything", "onnx")
 SAM_PIXEL_MEAN = [123.675, 116.28, 103.53]
@@ -553,7 +554,7 @@ class SegmentationExpert(Expert):
                     found.append(candidate)
         if not found:
             return []
-        keep = box_nms(
+        keep = nms(
             np.stack([mask_box_xyxy(c.mask) for c in found]),
             np.array([c.predicted_iou for c in found]),
             float(s["box_nms_thresh"]),
@@ -601,3 +602,49 @@ class SegmentationExpert(Expert):
 def build_segmenter(config: Mapping[str, Any]) -> SegmentationExpert:
     """Entry point used by annotators.base.make_expert("segmentation", config)."""
     return SegmentationExpert(config)
+
+
+# ----------------------------------------------------------------------------- registry facts
+# (annotators/registry.py reads these: the config keys each backend reads, and the warehouse table)
+DEFAULT_BACKEND = DEFAULTS["backend"]
+_KEYS = frozenset(DEFAULTS) | {"model", "weights", "encoder", "decoder"}
+BACKEND_KEYS: dict[str, frozenset[str] | None] = dict.fromkeys(BACKENDS, _KEYS)
+TABLE = "segments"
+COLUMNS = [
+    ("segment_id", pa.int32()),
+    ("label", pa.string()),
+    ("category_id", pa.int32()),
+    ("isthing", pa.bool_()),
+    ("area", pa.int64()),
+    ("bbox_x", pa.float32()),
+    ("bbox_y", pa.float32()),
+    ("bbox_w", pa.float32()),
+    ("bbox_h", pa.float32()),
+    ("rle_counts", pa.string()),
+    ("rle_height", pa.int32()),
+    ("rle_width", pa.int32()),
+    ("score", pa.float32()),
+    ("predicted_iou", pa.float32()),
+    ("stability_score", pa.float32()),
+]
+_SCALARS = (
+    "segment_id",
+    "label",
+    "category_id",
+    "isthing",
+    "area",
+    "score",
+    "predicted_iou",
+    "stability_score",
+)
+
+
+def to_columns(index: int, r: Mapping[str, Any]) -> dict[str, Any]:
+    x, y, w, h = r["bbox"]
+    return {**{k: r[k] for k in _SCALARS}, "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,
+            "rle_counts": r["rle"]["counts"], "rle_height": r["rle"]["size"][0], "rle_width": r["rle"]["size"][1]}  # fmt: skip
+
+
+def from_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{k: row[k] for k in _SCALARS}, "bbox": [row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]],
+            "rle": {"size": [row["rle_height"], row["rle_width"]], "counts": row["rle_counts"]}}  # fmt: skip

@@ -93,10 +93,21 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput, Relation, Segment
-from annotators.verbalize import UNLABELED, clean_label
-from pipeline.errors import UserError
+from annotators.base import (
+    RANDOM_INIT,
+    UNLABELED,
+    Detection,
+    Expert,
+    ImageInput,
+    Relation,
+    Segment,
+    clean_label,
+    field_of,
+)
+from annotators.masks import decode_rle
+from core.errors import UserError
 
 GEOMETRIC_ID = "geometric-v1"  # identity of the rule set; bump with any rule change
 
@@ -199,24 +210,11 @@ class Entity:
         return self._filled
 
 
-def _get(record: Any, name: str, default: Any = None) -> Any:
-    if isinstance(record, Mapping):
-        return record.get(name, default)
-    return getattr(record, name, default)
-
-
 def decode_mask_crop(rle: Mapping[str, Any] | None) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
     """A segment's mask cropped to its extent, and that extent; None when absent or empty."""
     if not rle or not rle.get("counts"):
         return None
-    from pycocotools import mask as mask_utils
-
-    counts = rle["counts"]
-    coco = {
-        "size": [int(v) for v in rle["size"]],
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-    mask = mask_utils.decode(coco).astype(bool)
+    mask = decode_rle(rle)
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -227,7 +225,7 @@ def decode_mask_crop(rle: Mapping[str, Any] | None) -> tuple[np.ndarray, tuple[i
 
 def object_label(record: Any) -> str:
     """The label the rules and names use: panoptic suffixes dropped, "unlabeled" when empty."""
-    return clean_label(_get(record, "label", "")) or UNLABELED
+    return clean_label(field_of(record, "label", "")) or UNLABELED
 
 
 def _keep(label: str, score: float, settings: SceneGraphSettings) -> bool:
@@ -244,16 +242,18 @@ def entities_from_segments(segments: Sequence[Any], settings: SceneGraphSettings
     """Kept segments, boxes from their decoded masks (the stored bbox when the mask is missing)."""
     candidates = []
     for seg in segments:
-        label, score = object_label(seg), float(_get(seg, "score", 0.0))
-        x, y, w, h = (float(v) for v in _get(seg, "bbox", [0, 0, 0, 0]))
+        label, score = object_label(seg), float(field_of(seg, "score", 0.0))
+        x, y, w, h = (float(v) for v in field_of(seg, "bbox", [0, 0, 0, 0]))
         if w > 0 and h > 0 and _keep(label, score, settings):
-            candidates.append((Entity(int(_get(seg, "segment_id")), label, score, (x, y, x + w, y + h)), seg))
+            candidates.append(
+                (Entity(int(field_of(seg, "segment_id")), label, score, (x, y, x + w, y + h)), seg)
+            )
     kept = {id(e) for e in _best([e for e, _ in candidates], settings.max_objects)}
     entities = []
     for entity, seg in candidates:
         if id(entity) not in kept:
             continue
-        decoded = decode_mask_crop(_get(seg, "rle"))
+        decoded = decode_mask_crop(field_of(seg, "rle"))
         if decoded is not None:
             entity.mask, box = decoded
             entity.box = tuple(float(v) for v in box)
@@ -264,8 +264,8 @@ def entities_from_segments(segments: Sequence[Any], settings: SceneGraphSettings
 def entities_from_detections(detections: Sequence[Any], settings: SceneGraphSettings) -> list[Entity]:
     entities = []
     for index, det in enumerate(detections):
-        label, score = object_label(det), float(_get(det, "score", 0.0))
-        x1, y1, x2, y2 = (float(v) for v in _get(det, "box"))
+        label, score = object_label(det), float(field_of(det, "score", 0.0))
+        x1, y1, x2, y2 = (float(v) for v in field_of(det, "box"))
         if x2 > x1 and y2 > y1 and _keep(label, score, settings):
             entities.append(Entity(index + 1, label, score, (x1, y1, x2, y2)))
     return _best(entities, settings.max_objects)
@@ -528,12 +528,12 @@ def plugin_names(item: ImageInput) -> dict[int, str]:
     if segments:  # names only: boxes from the stored bbox, no mask decoding
         entities = []
         for seg in segments:
-            x, y, w, h = (float(v) for v in _get(seg, "bbox", [0, 0, 0, 0]))
+            x, y, w, h = (float(v) for v in field_of(seg, "bbox", [0, 0, 0, 0]))
             entities.append(
                 Entity(
-                    int(_get(seg, "segment_id")),
+                    int(field_of(seg, "segment_id")),
                     object_label(seg),
-                    float(_get(seg, "score", 0.0)),
+                    float(field_of(seg, "score", 0.0)),
                     (x, y, x + w, y + h),
                 )
             )
@@ -590,3 +590,30 @@ class SceneGraphExpert(Expert):
 def build_scene_graph(config: Mapping[str, Any]) -> SceneGraphExpert:
     """Entry point used by annotators.base.make_expert("sgg", config)."""
     return SceneGraphExpert(config)
+
+
+# ----------------------------------------------------------------------------- registry facts
+# (annotators/registry.py reads these: the config keys each backend reads, and the warehouse table)
+DEFAULT_BACKEND = "geometric"
+BACKEND_KEYS: dict[str, frozenset[str] | None] = {
+    "geometric": GEOMETRIC_KEYS,
+    "plugin": None,
+}  # a plug-in reads its own
+TABLE = "relations"
+COLUMNS = [
+    ("subject_id", pa.int32()),
+    ("subject", pa.string()),
+    ("predicate", pa.string()),
+    ("object_id", pa.int32()),
+    ("object", pa.string()),
+    ("score", pa.float32()),
+]
+_FIELDS = [name for name, _ in COLUMNS]
+
+
+def to_columns(index: int, r: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: r[k] for k in _FIELDS}
+
+
+def from_columns(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in _FIELDS}

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import WeightsError
+from core.errors import WeightsError
 
 
 def weights_dir() -> Path:

@@ -15,9 +15,11 @@ import statistics
 import time
 from pathlib import Path
 
-from annotators.base import ImageInput, make_expert
-from pipeline.corpora.sample import build_sample
-from pipeline.decode import decode_image
+from annotators.registry import make_expert
+
+from annotators.base import ImageInput
+from corpora.decode import decode_image
+from corpora.sample import build_sample
 from pipeline.profiles import REPO, load_profile
 
 BACKENDS = {

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from corpora.decode import decode_image
+from corpora.resolve import resolve_corpus
+from corpora.sample import build_sample
 from pipeline.annotate import run_annotation
-from pipeline.corpora.sample import build_sample
-from pipeline.corpus import resolve_corpus
-from pipeline.decode import decode_image
 from pipeline.profiles import JobSpec, load_profile
 from pipeline.stages import ExpertStage, new_row
 from warehouse.store import Warehouse

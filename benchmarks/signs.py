@@ -36,7 +36,7 @@ def _moai(*args: str, log: Path | None = None) -> subprocess.Popen:
     """`moai …` in a child process (its own torch threads; stdout/stderr to `log` when given)."""
     out = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args], stdout=out, stderr=subprocess.STDOUT if out else None
+        [sys.executable, "-m", "cli.main", *args], stdout=out, stderr=subprocess.STDOUT if out else None
     )
 
 
@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test questions")
     args = parser.parse_args(argv)
 
-    from pipeline.corpus import resolve_corpus
+    from corpora.resolve import resolve_corpus
+    from pipeline.instructions import import_instructions
+    from trainer.config import resolve_config
     from trainer.evaluate import evaluate, model_answer_fn, write_report
     from trainer.export import export_run
-    from trainer.instructions import import_instructions
-    from trainer.train import resolve_config
     from warehouse.store import Warehouse
 
     out = Path(args.out)

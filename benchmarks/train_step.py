@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 
+from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
-from pipeline.corpus import resolve_corpus
 from pipeline.profiles import load_job, load_profile
 from pipeline.stages import ExpertStage, decode_rows, new_row
-from pipeline.verbalize_step import verbalize_row
-from trainer.train import build, prepare_instructions, resolve_config
+from trainer.config import resolve_config
+from trainer.train import build, prepare_instructions
+from verbalize.aux import verbalize_row
 from warehouse.store import Warehouse
 
 

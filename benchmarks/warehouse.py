@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotators.verbalize import VerbalizeConfig
-from pipeline.corpora.coco_categories import COCO_CATEGORIES
+from corpora.coco_categories import COCO_CATEGORIES
+from verbalize.moai import VerbalizeConfig
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["annotate", *sys.argv[1:]]))

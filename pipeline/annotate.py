@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from annotators.base import EXPERT_NAMES
-from pipeline.corpus import resolve_corpus
-from pipeline.errors import UserError
+from annotators.registry import EXPERT_NAMES, EXPERTS
+from core.errors import UserError
+from core.paths import DEFAULT_WAREHOUSE
+from corpora.resolve import resolve_corpus
 from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
 from pipeline.stages import new_row
-from warehouse.rows import DECODE_KEY, ROW_BUILDERS, stored_records, table_rows_for
+from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
+from warehouse.current import current_records
+from warehouse.rows import table_rows_for
+from warehouse.schema import DECODE_KEY
 from warehouse.store import Warehouse
-
-DEFAULT_WAREHOUSE = Path("outputs") / "warehouse"
 
 
 @dataclass
@@ -49,12 +51,6 @@ def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
             cols["image_id"], cols["expert"], cols["config_hash"], cols["status"], strict=True
         )
     }
-
-
-def aux_hash(verbalizer_hash: str, hashes: dict[str, str]) -> str:
-    from annotators.base import config_hash
-
-    return config_hash({"verbalizer": verbalizer_hash, "experts": hashes})
 
 
 def make_plan(
@@ -95,7 +91,7 @@ def make_plan(
                 needs_stored[name].add(ref.image_id)
         rows.append((ref, todo))
     stored = {
-        n: stored_records(wh, corpus.name, n, hashes[n], ids) if ids else {}
+        n: current_records(wh, corpus.name, n, ids, config_hash=hashes[n]) if ids else {}
         for n, ids in needs_stored.items()
         if n in profile.experts
     }
@@ -146,12 +142,6 @@ class Progress:
             self.stream.write("\n")
 
 
-def _verbalize(row: dict, profile: Profile) -> dict:
-    from pipeline.verbalize_step import verbalize_row
-
-    return verbalize_row(row, profile.verbalize)
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -175,11 +165,23 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def annotate(args) -> int:
-    corpus = resolve_corpus(args.dataset, images=args.images)
+def annotate(
+    dataset: str,
+    *,
+    images: str | None = None,
+    profile: str | None = None,
+    warehouse: str | Path = DEFAULT_WAREHOUSE,
+    limit: int | None = None,
+    allow_random_weights: bool = False,
+    commit_every: int | None = None,
+    executor: str | None = None,
+    retry_errors: bool = False,
+) -> int:
+    """`moai annotate`: resolve the corpus, its job and profile, then run (see run_annotation)."""
+    corpus = resolve_corpus(dataset, images=images)
     job: JobSpec = load_job(corpus.name)
-    profile = load_profile(args.profile or job.profile)
-    allow_random = bool(args.allow_random_weights or job.allow_random_weights)
+    profile = load_profile(profile or job.profile)
+    allow_random = bool(allow_random_weights or job.allow_random_weights)
     random_experts = profile.random_init_experts()
     if random_experts and not allow_random:
         raise UserError(
@@ -193,17 +195,16 @@ def annotate(args) -> int:
             f"'{profile.name}'); their rows say weights_sha256='random-init'.",
             file=sys.stderr,
         )
-    executor = getattr(args, "executor", None) or os.environ.get("MOAI_EXECUTOR", "ray")
-    if getattr(args, "commit_every", None):
-        job.commit_every = args.commit_every
+    if commit_every:
+        job.commit_every = commit_every
     return run_annotation(
         corpus,
         profile,
         job,
-        Warehouse(args.warehouse or DEFAULT_WAREHOUSE),
-        limit=args.limit,
-        executor=executor,
-        retry_errors=bool(getattr(args, "retry_errors", False)),
+        Warehouse(warehouse),
+        limit=limit,
+        executor=executor or os.environ.get("MOAI_EXECUTOR", "ray"),
+        retry_errors=retry_errors,
     )
 
 
@@ -226,7 +227,6 @@ def run_annotation(
 
 def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors) -> int:
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
-    from pipeline.verbalize_step import verbalizer_hash
 
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -273,33 +273,16 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
         for row in _unwrap_worker_errors(stream):
             tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
             if not row["decode_reason"]:
-                tables.setdefault("aux_text", []).append(
-                    {
-                        **_verbalize(row, profile),
-                        "dataset": row["dataset"],
-                        "image_id": row["image_id"],
-                        "run_id": run_id,
-                        "verbalizer_hash": vhash,
-                        "config_hash": aux_key,
-                        "random_init": any(
-                            json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256") == "random-init"
-                            for n in EXPERT_NAMES
-                        )
-                        or any(profile.experts[n].get("weights") == "random-init" for n in profile.experts),
-                    }
-                )
-                tables["done"].append(
-                    {
-                        "dataset": row["dataset"],
-                        "image_id": row["image_id"],
-                        "expert": "aux",
-                        "config_hash": aux_key,
-                        "status": "ok",
-                        "n_records": 1,
-                        "seconds": 0.0,
-                        "run_id": run_id,
-                    }
-                )
+                random_init = any(
+                    json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256") == "random-init"
+                    for n in EXPERT_NAMES
+                ) or any(profile.experts[n].get("weights") == "random-init" for n in profile.experts)
+                aux, done = aux_rows(
+                    row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
+                    aux_key, random_init,
+                )  # fmt: skip
+                tables.setdefault("aux_text", []).append(aux)
+                tables["done"].append(done)
             for name in profile.experts:
                 if name in row["todo"].split(",") and not row["decode_reason"]:
                     counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
@@ -362,7 +345,7 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
 def _unwrap_worker_errors(stream):
     """Re-raise a user-facing error (e.g. a missing weight file) that an actor hit while loading its
     model as that error, not as Ray's wrapper with a remote traceback."""
-    from pipeline.errors import WeightsError
+    from core.errors import WeightsError
 
     try:
         yield from stream
@@ -392,7 +375,7 @@ def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors
         f"  {'expert':<13}{'images':>8}{'errors':>8}{'ms/img':>9}  rows",
     ]
     for name in profile.experts:
-        table = ROW_BUILDERS[name][0]
+        table = EXPERTS[name].table
         n = counts[f"{name}_images"]
         ms = 1000 * seconds[name] / max(n + counts[f"{name}_errors"], 1)
         lines.append(

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annotators.base import EXPERT_NAMES, RANDOM_INIT, config_hash
-from annotators.verbalize import VerbalizeConfig
-from pipeline.config import (
+from annotators.base import RANDOM_INIT
+from annotators.registry import EXPERT_NAMES, EXPERTS
+from core.config import (
     ConfigError,
     at_least,
     between,
@@ -35,18 +35,14 @@ from pipeline.config import (
     shown,
     typed,
 )
-from pipeline.errors import UserError
+from core.errors import UserError
+from core.hashing import config_hash
+from core.paths import package_dir
+from verbalize.moai import VerbalizeConfig
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILES_DIR = REPO / "configs" / "profiles"
-JOBS_DIR = REPO / "jobs"
-UPSTREAM = {"detection": (), "segmentation": ("detection",), "sgg": ("detection", "segmentation"), "ocr": ()}
-EXPERT_VERSIONS_MODULE = {
-    "detection": "annotators.detection",
-    "segmentation": "annotators.segmentation",
-    "sgg": "annotators.sgg",
-    "ocr": "annotators.ocr",
-}
+PROFILES_DIR = package_dir("configs") / "profiles"
+JOBS_DIR = package_dir("jobs")
+REPO = package_dir("configs").parent  # './…' and '../…' paths in profiles are relative to it
 
 
 @dataclass
@@ -121,33 +117,10 @@ def load_profile(name_or_path: str) -> Profile:
     if not profile.experts:  # a profile that runs nothing would commit empty aux rows and exit 0
         raise ConfigError(f"{where}: no expert enabled under 'experts' (known: {', '.join(EXPERT_NAMES)})")
     for name in profile.experts:
-        missing = [u for u in UPSTREAM[name] if u not in profile.experts]
+        missing = [u for u in EXPERTS[name].upstream if u not in profile.experts]
         if missing:
             raise ConfigError(f"{where}: expert 'experts.{name}' needs {missing} enabled too")
     return profile
-
-
-def expert_backends(name: str) -> tuple[str, dict[str, frozenset[str] | None]]:
-    """(default backend, {backend: the keys its config block may hold; None: any}) of an expert, as its
-    annotator module declares them. The experts refuse unknown keys too, but only once a worker builds
-    them; checking here fails before any work is planned, and suggests the key that was meant."""
-    if name == "detection":
-        from annotators import detection
-
-        return "ultralytics", {"ultralytics": detection.ULTRALYTICS_KEYS, "onnx": detection.ONNX_KEYS}
-    if name == "segmentation":
-        from annotators import segmentation
-
-        # the module reads its DEFAULTS' keys plus the model/weight names (see its docstring)
-        keys = frozenset(segmentation.DEFAULTS) | {"model", "weights", "encoder", "decoder", "enabled"}
-        return segmentation.DEFAULTS["backend"], dict.fromkeys(segmentation.BACKENDS, keys)
-    if name == "sgg":
-        from annotators import sgg
-
-        return "geometric", {"geometric": sgg.GEOMETRIC_KEYS, "plugin": None}  # a plug-in reads its own keys
-    from annotators import ocr
-
-    return ocr.DEFAULT_BACKEND, dict.fromkeys(ocr.BACKENDS, frozenset(ocr.COMMON_KEYS))
 
 
 def check_expert_block(name: str, block: dict[str, Any], where: str) -> None:
@@ -155,7 +128,7 @@ def check_expert_block(name: str, block: dict[str, Any], where: str) -> None:
     path = f"experts.{name}"
     if not block:  # `ocr: {}` used to mean "off"; say which is meant
         raise ConfigError(f"{where}: '{path}' is empty; give at least its backend, or 'enabled: false'")
-    default, backends = expert_backends(name)
+    default, backends = EXPERTS[name].default_backend, EXPERTS[name].backend_keys
     one_of(*backends)(block.get("backend", default), where, f"{path}.backend")
     keys = backends[block.get("backend", default)]
     hints: dict[str, Any] = dict.fromkeys(keys if keys is not None else block, Any)
@@ -194,28 +167,20 @@ def _cached_sha256(path: str, sha256_file) -> str:
     return _SHA_CACHE[key]
 
 
-def expert_version(name: str) -> str:
-    import importlib
-
-    module = importlib.import_module(EXPERT_VERSIONS_MODULE[name])
-    classes = [v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", None) == name]
-    return ",".join(sorted({str(c.version) for c in classes})) or "1"
-
-
 def plan_hashes(profile: Profile) -> dict[str, str]:
     """The exactly-once key part for each enabled expert (see module docstring)."""
     hashes: dict[str, str] = {}
-    for name in ("detection", "segmentation", "sgg", "ocr"):
+    for name, spec in EXPERTS.items():  # in dependency order: upstream hashes exist when needed
         if name not in profile.experts:
             continue
         config = profile.experts[name]
         hashes[name] = config_hash(
             {
                 "expert": name,
-                "version": expert_version(name),
+                "version": spec.version(),
                 "config": config,
                 "files": _file_digests(config, {}),
-                "upstream": {u: hashes[u] for u in UPSTREAM[name]},
+                "upstream": {u: hashes[u] for u in spec.upstream},
             }
         )
     return hashes

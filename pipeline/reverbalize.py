@@ -1,8 +1,8 @@
 """`moai verbalize`: write a new `aux_text` version from stored rows, without running any model.
 
-For each expert it uses the config of its most recent committed work for the dataset (the `done` ledger); the new
-version's key is (image_id, "aux", hash(verbalizer thresholds + those configs)), so running it twice
-with the same thresholds adds nothing.
+Each image is verbalized from its current records (warehouse/current.py: the config of each expert's
+newest finished work on that image). The new version's key is (image_id, "aux", aux_hash(thresholds,
+those configs)), so running it twice with the same thresholds adds nothing.
 """
 
 from __future__ import annotations
@@ -11,38 +11,26 @@ import sys
 import uuid
 from datetime import datetime, timezone
 
-from annotators.verbalize import VerbalizeConfig, verbalize
-from pipeline.annotate import aux_hash
-from pipeline.errors import UserError
-from warehouse.rows import ROW_BUILDERS, latest_committed_config, stored_records
+from annotators.registry import EXPERT_NAMES
+from core.errors import UserError
+from verbalize.aux import aux_hash, aux_rows
+from verbalize.moai import VerbalizeConfig, verbalize
+from warehouse.current import current_configs, current_records
 from warehouse.store import Warehouse
 
 
 def reverbalize(wh: Warehouse, dataset: str, thresholds: dict) -> int:
     config = VerbalizeConfig.from_mapping(thresholds)
-    hashes = {}
-    records: dict[str, dict[int, list]] = {}
-    for name in ROW_BUILDERS:
-        chosen = latest_committed_config(wh, dataset, name)
-        if chosen is None:
-            continue
-        hashes[name] = chosen
-        records[name] = stored_records(wh, dataset, name, chosen)
-    images = wh.query(
-        "SELECT DISTINCT image_id, width, height FROM images WHERE dataset = ?", [dataset]
-    ).to_pylist()
+    configs = {name: current_configs(wh, dataset, name) for name in EXPERT_NAMES}
+    records = {name: current_records(wh, dataset, name) for name in EXPERT_NAMES if configs[name]}
+    images = wh.query("SELECT image_id, width, height FROM images WHERE dataset = ?", [dataset]).to_pylist()
     if not images:
         raise UserError(
             f"The warehouse at {wh.root} has no images for dataset '{dataset}'; annotate it first."
         )
-    key = aux_hash(config.config_hash(), hashes)
+    done = wh.query("SELECT image_id, config_hash FROM done WHERE dataset = ? AND expert = 'aux'", [dataset])
     existing = set(
-        wh.query(
-            "SELECT image_id FROM done WHERE dataset = ? AND expert = 'aux' AND config_hash = ?",
-            [dataset, key],
-        )
-        .column("image_id")
-        .to_pylist()
+        zip(done.column("image_id").to_pylist(), done.column("config_hash").to_pylist(), strict=True)
     )
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     random_init = set(
@@ -55,41 +43,29 @@ def reverbalize(wh: Warehouse, dataset: str, thresholds: dict) -> int:
         .column("image_id")
         .to_pylist()
     )
-    aux_rows, done_rows = [], []
+    new_aux, new_done, had, keys = [], [], 0, set()
     for image in images:
         image_id = image["image_id"]
-        if image_id in existing:
+        used = {n: configs[n][image_id] for n in EXPERT_NAMES if image_id in configs[n]}
+        key = aux_hash(config.config_hash(), used)
+        keys.add(key)
+        if (image_id, key) in existing:
+            had += 1
             continue
         text = verbalize(
-            {n: records[n].get(image_id, []) for n in records}, image["width"], image["height"], config
+            {n: records[n].get(image_id, []) for n in used}, image["width"], image["height"], config
         )
-        aux_rows.append(
-            {
-                "dataset": dataset,
-                "image_id": image_id,
-                "run_id": run_id,
-                **text.columns(),
-                "verbalizer_hash": config.config_hash(),
-                "config_hash": key,
-                "random_init": image_id in random_init,
-            }
+        aux, done = aux_rows(
+            dataset, image_id, run_id, text.columns(), config.config_hash(), key, image_id in random_init
         )
-        done_rows.append(
-            {
-                "dataset": dataset,
-                "image_id": image_id,
-                "expert": "aux",
-                "config_hash": key,
-                "status": "ok",
-                "n_records": 1,
-                "seconds": 0.0,
-                "run_id": run_id,
-            }
-        )
-    wh.commit({"aux_text": aux_rows, "done": done_rows})
+        new_aux.append(aux)
+        new_done.append(done)
+    wh.commit({"aux_text": new_aux, "done": new_done})
+    version = (
+        next(iter(keys)) if len(keys) == 1 else f"{len(keys)} versions (images differ in expert configs)"
+    )
     print(
-        f"verbalize {dataset}: {len(aux_rows)} new aux_text rows (version {key}), "
-        f"{len(existing)} already had it",
+        f"verbalize {dataset}: {len(new_aux)} new aux_text rows (version {version}), {had} already had it",
         file=sys.stderr,
     )
-    return len(aux_rows)
+    return len(new_aux)

@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from annotators.base import EXPERT_NAMES, Detection, ImageInput, Relation, Segment, TextLine, make_expert
-from pipeline.decode import DecodeError, decode_image
-from pipeline.profiles import UPSTREAM
-
-RECORD_TYPES = {"detection": Detection, "segmentation": Segment, "sgg": Relation, "ocr": TextLine}
+from annotators.base import ImageInput
+from annotators.registry import EXPERT_NAMES, EXPERTS
+from corpora.decode import DecodeError, decode_image
 
 
 def new_row(ref, todo: list[str], stored: dict[str, list[dict]] | None = None) -> dict[str, Any]:
@@ -80,7 +78,7 @@ def row_image(row: dict) -> np.ndarray:
 def records_from_json(name: str, text: str) -> list:
     if not text:
         return []
-    cls = RECORD_TYPES[name]
+    cls = EXPERTS[name].record
     return [cls(**item) for item in json.loads(text)]
 
 
@@ -90,7 +88,8 @@ class ExpertStage:
     def __init__(self, name: str, config: dict, batch_size: int = 4):
         self.name = name
         self.batch_size = batch_size
-        self.expert = make_expert(name, config)
+        self.spec = EXPERTS[name]
+        self.expert = self.spec.build(config)
         self.expert.load()
         identity = self.expert.identity
         self.identity_json = json.dumps(
@@ -102,7 +101,7 @@ class ExpertStage:
         for row in rows:
             if self.name not in row["todo"].split(",") or row["decode_reason"]:
                 continue
-            failed = [u for u in UPSTREAM[self.name] if row[f"{u}_error"]]
+            failed = [u for u in self.spec.upstream if row[f"{u}_error"]]
             if failed:
                 row[f"{self.name}_error"] = f"skipped: upstream expert {failed[0]} failed on this image"
                 continue
@@ -113,7 +112,7 @@ class ExpertStage:
                 ImageInput(
                     row["image_id"],
                     row_image(row),
-                    {u: records_from_json(u, row[f"{u}_records"]) for u in UPSTREAM[self.name]},
+                    {u: records_from_json(u, row[f"{u}_records"]) for u in self.spec.upstream},
                 )
                 for row in chunk
             ]

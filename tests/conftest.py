@@ -13,7 +13,7 @@ SHARED_MODELS = Path(os.environ.get("MOAI_SHARED_MODELS", REPO.parent / "shared"
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
-    from pipeline.corpora.sample import build_sample
+    from corpora.sample import build_sample
 
     return build_sample(tmp_path_factory.mktemp("data") / "sample")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
-from pipeline.corpus import resolve_corpus
 from pipeline.profiles import JobSpec, load_profile
 from tests.conftest import REPO
 from warehouse.store import Warehouse
@@ -130,7 +130,7 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
     cmd = [
         sys.executable,
         "-m",
-        "pipeline.cli",
+        "cli.main",
         "annotate",
         "--dataset",
         "many",

@@ -9,11 +9,13 @@ import pytest
 import torch
 import yaml
 
-from pipeline.errors import UserError
+from core.errors import UserError
 from pipeline.reverbalize import reverbalize
 from trainer.cache import cache_aux_tokens, cache_vision_features, vision_encoder_id
-from trainer.data import ByteTokenizer, HFTokenizer, WarehouseDataModule, collate
-from trainer.train import build, prepare_instructions, resolve_config, train
+from trainer.config import resolve_config
+from trainer.data import WarehouseDataModule, collate
+from trainer.inputs import ByteTokenizer, HFTokenizer
+from trainer.train import build, prepare_instructions, train
 from warehouse.store import Warehouse
 
 CONFIG = {
@@ -203,7 +205,7 @@ def test_train_fills_the_caches_it_reads_and_loses_nothing(workspace, tmp_path):
 
 
 def test_moai_cache_fills_both_and_reports_counts(workspace, tmp_path, capsys):
-    from pipeline.cli import main
+    from cli.main import main
 
     wh = uncached_copy(workspace, tmp_path / "warehouse")
     args = ["cache", "--dataset", "sample", "--warehouse", str(wh.root), "--config", str(workspace["config"])]

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 def moai(*args, env=None, cwd=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -68,4 +68,4 @@ def test_datasets_lists_the_sample_corpus(tmp_path):
 def test_eval_without_a_model_says_how_to_get_one(tmp_path):
     result = moai("eval", "--model", str(tmp_path / "nothing"))
     _assert_clean_failure(result)
-    assert "moai export run" in result.stderr
+    assert "moai export-model" in result.stderr

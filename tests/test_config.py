@@ -11,14 +11,14 @@ import sys
 import pytest
 import yaml
 
+from core.config import ConfigError
+from core.errors import UserError
 from pipeline import profiles
-from pipeline.config import ConfigError
-from pipeline.errors import UserError
 from pipeline.profiles import JobSpec, load_job, load_profile, plan_hashes
 from tests.conftest import REPO
-from trainer.data import DataConfig
+from trainer.config import data_config, load_config, model_config, resolve_config
+from trainer.inputs import DataConfig
 from trainer.model import MoAIConfig
-from trainer.train import data_config, load_config, model_config, resolve_config
 
 
 def test_every_shipped_file_loads():
@@ -310,7 +310,7 @@ def test_a_missing_training_config_is_one_line(tmp_path):
 
 
 def _cli(*args, cwd, env=None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.cli", *args]
+    command = [sys.executable, "-m", "cli.main", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 

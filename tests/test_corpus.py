@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.corpora.sample import SOURCES, build_sample
-from pipeline.corpus import Corpus, resolve_corpus, validate_name
-from pipeline.errors import DatasetError
+from core.errors import DatasetError
+from corpora.layout import Corpus, validate_name
+from corpora.resolve import resolve_corpus
+from corpora.sample import SOURCES, build_sample
 
 
 def test_sample_corpus_opens_in_pycocotools(sample_corpus):

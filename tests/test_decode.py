@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import DecodeError, decode_image
+from corpora.decode import DecodeError, decode_image
 
 
 def _save(tmp_path, name, image: Image.Image, **kwargs):

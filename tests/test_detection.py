@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from annotators.registry import make_expert
 
 import annotators.detection as detection
-from annotators.base import RANDOM_INIT, ImageInput, make_expert
+from annotators.base import RANDOM_INIT, ImageInput
 from annotators.detection import (
     OnnxDetector,
     Placement,
@@ -19,13 +20,13 @@ from annotators.detection import (
     decode_boxes,
     decode_ultralytics,
     letterbox,
-    nms,
     read_class_names,
     same_shape_groups,
 )
+from annotators.masks import nms
 from annotators.weights import sha256_file
-from pipeline.decode import decode_image
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
+from corpora.decode import decode_image
 
 COCO80 = "coco80"
 COCO80_NAMES = read_class_names(COCO80)

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from pipeline.instructions import import_instructions
 from trainer.evaluate import evaluate, is_correct, normalize_answer, write_report
-from trainer.instructions import import_instructions
+from verbalize.aux import aux_rows
 from warehouse.store import Warehouse
 
 
@@ -47,23 +48,13 @@ def test_per_type_accuracy_and_aux_switch(tmp_path, sample_corpus, monkeypatch):
         }
         for r in sample_corpus.images()
     ]
-    aux = [
-        {
-            "dataset": "sample",
-            "image_id": i["image_id"],
-            "run_id": "r",
-            "text": f"aux for {i['file_name']}",
-            "segmentation_text": "",
-            "detection_text": "",
-            "sgg_text": "",
-            "ocr_text": "",
-            "verbalizer_hash": "v",
-            "config_hash": "c",
-            "random_init": False,
-        }
+    pairs = [
+        aux_rows("sample", i["image_id"], "r", {"text": f"aux for {i['file_name']}", "segmentation_text": "",
+                 "detection_text": "", "sgg_text": "", "ocr_text": ""}, "v", "c", False)
         for i in images
-    ]
-    wh.commit({"images": images, "aux_text": aux})
+    ]  # fmt: skip
+    aux, done = [a for a, _ in pairs], [d for _, d in pairs]
+    wh.commit({"images": images, "aux_text": aux, "done": done})  # the ledger makes them current
     import_instructions(wh, sample_corpus)
     seen_aux = []
     qa = json.loads((sample_corpus.root / "annotations" / "qa_val2017.json").read_text())

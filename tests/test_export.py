@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
-from pipeline.corpus import resolve_corpus
 from pipeline.profiles import JobSpec, load_profile
 from tests.conftest import REPO
 from warehouse.export import export_coco
@@ -20,7 +20,7 @@ REAL = str(REPO / "tests" / "profiles" / "shared-onnx.yaml")
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory, shared_models):
-    from pipeline.corpora.sample import build_sample
+    from corpora.sample import build_sample
 
     tmp = tmp_path_factory.mktemp("real")
     sample = build_sample(tmp / "sample_src")
@@ -112,18 +112,35 @@ def test_viz_draws_the_stored_records(real_run, monkeypatch):
 def test_export_follows_the_ledgers_newest_config_even_when_it_found_nothing(real_run, tmp_path):
     """A newer detection config that found no objects is the current one: its (empty) results are
     exported, not the older config's boxes (the newest *rows* would still be the old config's)."""
-    from warehouse.rows import done_row, latest_committed_config
+    from warehouse.current import current_configs
+    from warehouse.rows import done_row
 
     _, wh, tmp = real_run
     shutil.copytree(wh.root, tmp_path / "wh")
     copy = Warehouse(tmp_path / "wh")
-    before = latest_committed_config(copy, "real", "detection")
+    before = set(current_configs(copy, "real", "detection").values())
     ids = [
         r["image_id"]
         for r in copy.query("SELECT DISTINCT image_id FROM images WHERE dataset = 'real'").to_pylist()
     ]
     newest = {"dataset": "real", "run_id": "99991231T000000Z-newcfg"}
     copy.commit({"done": [done_row({**newest, "image_id": i}, "detection", "newcfg", "ok") for i in ids]})
-    assert latest_committed_config(copy, "real", "detection") == "newcfg" != before
+    assert set(current_configs(copy, "real", "detection").values()) == {"newcfg"} != before
     assert export_coco(copy, "real", tmp_path / "export")["detections"] == 0
     assert export_coco(wh, "real", tmp_path / "export-old")["detections"] > 0
+
+    # `moai viz` follows the same current config: no boxes of the older config are drawn
+    import warehouse.viz as viz_module
+
+    drawn, original = {}, viz_module.render
+
+    def capture(image, detections, segments, *rest, **kwargs):
+        drawn.update(detections=detections, segments=segments)
+        return original(image, detections, segments, *rest, **kwargs)
+
+    for root, expect_boxes in ((wh.root, True), (copy.root, False)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MOAI_DATA", str(tmp / "data"))
+            mp.setattr(viz_module, "render", capture)
+            viz_module.viz("real", "coffee", tmp_path / "coffee.png", root)
+        assert bool(drawn["detections"]) is expect_boxes and drawn["segments"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.corpora.folder import SPLIT, register_folder
+from corpora.folder import SPLIT, register_folder
 
 
 def _write(path: Path, size: tuple[int, int], color: str = "red") -> Path:
@@ -181,7 +181,7 @@ def test_unreadable_folder_is_reported(tmp_path, capsys):
 
 
 def test_warning_names_the_first_few_and_counts_the_rest(capsys):
-    from pipeline.corpora.folder import _warn
+    from corpora.folder import _warn
 
     problems = [PermissionError(13, "Permission denied", f"/x/{i}") for i in range(8)]
     _warn(Path("/x"), "mine", problems)

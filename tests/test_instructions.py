@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.corpus import resolve_corpus
-from trainer.instructions import CAPTION_PROMPT, import_instructions
+from corpora.resolve import resolve_corpus
+from pipeline.instructions import CAPTION_PROMPT, import_instructions
 from warehouse.store import Warehouse
 
 

@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from annotators.registry import make_expert
 from PIL import Image, ImageDraw, ImageFont
 
 import annotators.ocr as ocr
-from annotators.base import ImageInput, TextLine, make_expert
+from annotators.base import ImageInput, TextLine
 from annotators.ocr import intra_op_threads, reading_order, to_bgr
 from annotators.weights import sha256_file
-from pipeline.decode import decode_image
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
+from corpora.decode import decode_image
 
 FONT_DIR = (
     Path(importlib.util.find_spec("matplotlib").submodule_search_locations[0]) / "mpl-data" / "fonts" / "ttf"

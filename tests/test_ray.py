@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
-from pipeline.corpus import resolve_corpus
 from pipeline.profiles import JobSpec, load_profile
 from tests.conftest import REPO
 from warehouse.store import Warehouse

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from annotators.registry import make_expert
 
-from annotators.base import RANDOM_INIT, Detection, ImageInput, Segment, make_expert
+from annotators.base import RANDOM_INIT, Detection, ImageInput, Segment
 from annotators.masks import (
-    box_nms,
     decode_rle,
     encode_rle,
     ids_from_panoptic_png,
+    nms,
     paint_segment_map,
     panoptic_annotation,
     panoptic_png,
@@ -30,8 +31,8 @@ from annotators.segmentation import (
     point_grid,
     stability_score,
 )
-from pipeline.decode import decode_image
-from pipeline.errors import UserError, WeightsError
+from core.errors import UserError, WeightsError
+from corpora.decode import decode_image
 
 ASTRONAUT_PERSON = [9.0, 9.0, 369.0, 511.0]  # what CenterNet finds on astronaut.jpg (person 0.62)
 COFFEE_CUP = [165.0, 21.0, 412.0, 261.0]  # CenterNet's cup on coffee.jpg (0.49)
@@ -114,8 +115,8 @@ def test_paint_segment_map_priority_and_min_area():
 
 def test_box_nms_keeps_best_of_overlapping():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
-    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7) == [1, 2]
-    assert box_nms(boxes, np.array([0.5, 0.9, 0.1]), 0.95) == [1, 0, 2]
+    assert nms(boxes, np.array([0.5, 0.9, 0.1]), 0.7).tolist() == [1, 2]
+    assert nms(boxes, np.array([0.5, 0.9, 0.1]), 0.95).tolist() == [1, 0, 2]
 
 
 def test_panoptic_png_roundtrip_and_segments_info():

@@ -7,11 +7,12 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from annotators.registry import make_expert
 from pycocotools import mask as mask_utils
 
-from annotators.base import RANDOM_INIT, Detection, ImageInput, Relation, Segment, make_expert
+from annotators.base import RANDOM_INIT, Detection, ImageInput, Relation, Segment
 from annotators.sgg import GEOMETRIC_ID, build_scene_graph
-from pipeline.errors import UserError
+from core.errors import UserError
 
 H, W = 480, 640
 

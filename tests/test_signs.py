@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.corpora.signs import SignsConfig, build_signs, split_of
+from corpora.signs import SignsConfig, build_signs, split_of
 
 
 def _load(root, name):

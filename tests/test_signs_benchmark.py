@@ -20,7 +20,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def test_the_two_arms_differ_only_in_the_aux_switch_and_their_run_names(tmp_path):
-    from trainer.train import resolve_config
+    from trainer.config import resolve_config
 
     base = resolve_config(signs.CONFIG)
     a = _flatten(signs.arm_config(base, "with_aux", True, tmp_path / "wh", tmp_path))

@@ -16,8 +16,9 @@ import torch
 
 from pipeline.reverbalize import reverbalize
 from trainer.cache import AuxTokenCache, cache_aux_tokens
-from trainer.data import HFTokenizer, format_prompt
-from trainer.train import DataProgress, build, prepare_instructions, resolve_config, trainer_arguments
+from trainer.config import resolve_config
+from trainer.inputs import HFTokenizer, format_prompt
+from trainer.train import DataProgress, build, prepare_instructions, trainer_arguments
 from warehouse.store import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]

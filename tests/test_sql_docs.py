@@ -424,8 +424,8 @@ def _sentence_items(sentence: str) -> tuple[str, list[str]]:
 def test_benchmark_aux_text_is_what_the_verbalizer_writes(monkeypatch):
     """The synthetic aux text has the real verbalizer's sentences (items may come in another order)."""
     monkeypatch.syspath_prepend(str(DOCS.parents[1]))
-    from annotators.verbalize import verbalize
     from benchmarks.warehouse import generate_chunk
+    from verbalize.moai import verbalize
     from warehouse.rows import records_from_table_row
 
     tables = generate_chunk(1, 300, 0)

@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import WarehouseError
+from core.errors import WarehouseError
 from warehouse.schema import TABLES
 from warehouse.sql import read_only_connection, run_query, shell
 from warehouse.store import Warehouse

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from annotators.base import Detection, ImageInput, Relation, Segment, TextLine
-from annotators.verbalize import (
+from core.errors import UserError
+from verbalize.moai import (
     AuxText,
     VerbalizeConfig,
     format_box,
@@ -18,7 +19,6 @@ from annotators.verbalize import (
     verbalize_relations,
     verbalize_segments,
 )
-from pipeline.errors import UserError
 
 W, H = 200, 100  # image size used by the golden strings
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main as moai
+from core.errors import WarehouseError
+from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
-from pipeline.cli import main as moai
-from pipeline.corpus import resolve_corpus
-from pipeline.errors import WarehouseError
 from pipeline.profiles import JobSpec, load_profile
 from tests.conftest import REPO
 from warehouse.store import Warehouse
@@ -111,7 +111,7 @@ def photos(tmp_path, sample_image):
 
 def _annotate_cli(folder: Path, warehouse: Path, data: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "MOAI_DATA": str(data), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "pipeline.cli", "annotate", "--dataset", "race", "--images", str(folder)]
+    cmd = [sys.executable, "-m", "cli.main", "annotate", "--dataset", "race", "--images", str(folder)]
     cmd += ["--profile", FAST, "--warehouse", str(warehouse), "--executor", "local", "--allow-random-weights"]
     return subprocess.Popen(
         [*cmd, *extra], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

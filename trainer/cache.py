@@ -26,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.corpus import resolve_corpus
-from pipeline.errors import UserError
-from trainer.data import DataConfig, image_tensor, load_image
-from trainer.export import backbone_fingerprints
-from trainer.model import MoAI
+from core.errors import UserError
+from corpora.resolve import resolve_corpus
+from trainer.inputs import DataConfig, image_tensor, load_image
+from trainer.model import MoAI, backbone_fingerprints
 from warehouse.store import Warehouse
 
 COMMIT_BYTES = 64 * 1024 * 1024  # features per commit: bounds memory, and a crash keeps what was done

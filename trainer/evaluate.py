@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.corpus import resolve_corpus
+from corpora.resolve import resolve_corpus
 from trainer.data import load_examples
 from warehouse.store import Warehouse
 
@@ -97,8 +97,15 @@ def evaluate(
 
 
 def model_answer_fn(model_dir: str | Path) -> AnswerFn:
-    """Greedy answers from a folder written by `moai export run`."""
+    """Greedy answers from a folder written by `moai export-model`."""
+    from core.errors import UserError
     from trainer.export import generate_answer, load_data_config, load_exported, load_tokenizer
+
+    if not Path(model_dir, "export.json").is_file():
+        raise UserError(
+            f"{model_dir} is not an exported model; train one (make train) and export it with "
+            "`moai export-model --run outputs/train/<run> --out <folder>`."
+        )
 
     model, tokenizer, data_cfg = (
         load_exported(model_dir),

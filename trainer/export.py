@@ -21,15 +21,13 @@ alters the random init is caught on load instead of silently giving a different 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from trainer.data import (
+from trainer.inputs import (
     ByteTokenizer,
     DataConfig,
     HFTokenizer,
@@ -38,7 +36,7 @@ from trainer.data import (
     load_image,
     make_tokenizer,
 )
-from trainer.model import TINY_LLMS, TINY_VISIONS, MoAI, MoAIConfig
+from trainer.model import MoAI, MoAIConfig, backbone_fingerprints
 
 FORMAT = "moai-forge-export/1"
 
@@ -91,26 +89,6 @@ def load_checkpoint_model(run: str | Path) -> MoAI:
     return _model_from_checkpoint(_read_checkpoint(find_checkpoint(run)))
 
 
-def backbone_fingerprints(model: MoAI) -> dict[str, str]:
-    """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)
-    that stay frozen; a trained tiny LLM (`train_llm`) travels in the export's weights instead."""
-    parts = {}
-    if model.config.llm in TINY_LLMS and not model.config.train_llm:
-        parts["llm"] = model.llm
-    if model.config.vision in TINY_VISIONS:
-        parts["vision"] = model.vision
-    return {name: _fingerprint(module) for name, module in parts.items()}
-
-
-def _fingerprint(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _exported_state(model: MoAI) -> dict[str, torch.Tensor]:
     state = model.state_dict_trainable()
     state.update({n: p.detach().clone() for n, p in model.projector.named_parameters(prefix="projector")})
@@ -146,7 +124,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     path = find_checkpoint(run_dir)
-    from trainer.train import data_config
+    from trainer.config import data_config
 
     ckpt = _read_checkpoint(path)
     model = _model_from_checkpoint(ckpt)
@@ -241,3 +219,23 @@ def generate_answer(
         **kwargs,
     )[0]
     return tokenizer.decode(ids).strip()
+
+
+def answer_about(model_dir: str | Path, dataset: str, image: str, question: str, warehouse) -> str:
+    """`moai generate`: an exported model's answer about one warehouse image (file name, stem or id),
+    given the image's current aux text."""
+    from corpora.layout import find_image
+    from corpora.resolve import resolve_corpus
+    from warehouse.current import current_rows_sql
+    from warehouse.store import Warehouse
+
+    ref = find_image(resolve_corpus(dataset), image)
+    aux = Warehouse(warehouse).query(
+        f"SELECT text FROM ({current_rows_sql('aux_text', 'aux')}) WHERE dataset = ? AND image_id = ?",
+        [dataset, ref.image_id],
+    )
+    text = aux.column("text")[0].as_py() if aux.num_rows else ""
+    model = load_exported(model_dir)
+    return generate_answer(
+        model, question, ref.path, text, load_tokenizer(model_dir), load_data_config(model_dir)
+    )

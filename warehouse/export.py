@@ -15,29 +15,19 @@ import json
 from pathlib import Path
 
 from annotators.masks import panoptic_annotation
-from pipeline.corpora.coco_categories import COCO_CATEGORIES, coco_categories_json
-from pipeline.errors import UserError
-from warehouse.rows import latest_committed_config, records_from_table_row
+from core.errors import UserError
+from corpora.coco_categories import COCO_CATEGORIES, coco_categories_json
+from warehouse.current import current_records
 from warehouse.store import Warehouse
 
 LABEL_TO_COCO_ID = {name: cid for cid, name, _ in COCO_CATEGORIES}
-
-
-def _rows(wh: Warehouse, table: str, dataset: str, config: str | None) -> list[dict]:
-    if config is None:
-        return []
-    return wh.query(
-        f"SELECT * FROM {table} WHERE dataset = ? AND config_hash = ? ORDER BY image_id", [dataset, config]
-    ).to_pylist()
 
 
 def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     from PIL import Image
 
     images = wh.query(
-        "SELECT image_id, file_name, width, height FROM images WHERE dataset = ? "
-        "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY run_id DESC) = 1 "
-        "ORDER BY image_id",
+        "SELECT image_id, file_name, width, height FROM images WHERE dataset = ? ORDER BY image_id",
         [dataset],
     ).to_pylist()
     if not images:
@@ -52,10 +42,7 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     size = {i["image_id"]: (i["height"], i["width"]) for i in images}
     categories = coco_categories_json()
 
-    segments = _rows(wh, "segments", dataset, latest_committed_config(wh, dataset, "segmentation"))
-    by_image: dict[int, list[dict]] = {}
-    for row in segments:
-        by_image.setdefault(row["image_id"], []).append(records_from_table_row("segmentation", row))
+    by_image = current_records(wh, dataset, "segmentation")
     annotations = []
     for image_id, records in sorted(by_image.items()):
         for record in records:
@@ -78,21 +65,21 @@ def export_coco(wh: Warehouse, dataset: str, out: Path) -> dict[str, int]:
     )
 
     results, skipped = [], 0
-    for row in _rows(wh, "detections", dataset, latest_committed_config(wh, dataset, "detection")):
-        category = LABEL_TO_COCO_ID.get(row["label"])
-        if category is None:
-            skipped += 1  # a label outside COCO's 80 (open-vocabulary or custom models)
-            continue
-        results.append(
-            {
-                "image_id": row["image_id"],
-                "category_id": category,
-                "score": round(row["score"], 5),
-                "bbox": [
-                    round(v, 2) for v in (row["x1"], row["y1"], row["x2"] - row["x1"], row["y2"] - row["y1"])
-                ],
-            }
-        )
+    for image_id, records in sorted(current_records(wh, dataset, "detection").items()):
+        for record in records:
+            category = LABEL_TO_COCO_ID.get(record["label"])
+            if category is None:
+                skipped += 1  # a label outside COCO's 80 (open-vocabulary or custom models)
+                continue
+            x1, y1, x2, y2 = record["box"]
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "score": round(record["score"], 5),
+                    "bbox": [round(v, 2) for v in (x1, y1, x2 - x1, y2 - y1)],
+                }
+            )
     _write(out / "detections.json", results)
 
     png_dir = out / "panoptic"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from annotators.registry import EXPERTS
+
 IDENTITY = [
     ("dataset", pa.string()),
     ("image_id", pa.int64()),
@@ -17,8 +19,6 @@ IDENTITY = [
     ("weights_sha256", pa.string()),  # sha256 of the weights, or 'random-init'
     ("config_hash", pa.string()),  # exactly-once key part; includes upstream experts' hashes
 ]
-
-POLYGON = pa.list_(pa.list_(pa.float64()))
 
 TABLES: dict[str, pa.Schema] = {
     "images": pa.schema(
@@ -35,59 +35,7 @@ TABLES: dict[str, pa.Schema] = {
             ("run_id", pa.string()),
         ]
     ),
-    "detections": pa.schema(
-        IDENTITY
-        + [
-            ("det_index", pa.int32()),
-            ("label", pa.string()),
-            ("class_id", pa.int32()),
-            ("score", pa.float32()),
-            ("x1", pa.float32()),
-            ("y1", pa.float32()),
-            ("x2", pa.float32()),
-            ("y2", pa.float32()),
-        ]
-    ),
-    "segments": pa.schema(
-        IDENTITY
-        + [
-            ("segment_id", pa.int32()),
-            ("label", pa.string()),
-            ("category_id", pa.int32()),
-            ("isthing", pa.bool_()),
-            ("area", pa.int64()),
-            ("bbox_x", pa.float32()),
-            ("bbox_y", pa.float32()),
-            ("bbox_w", pa.float32()),
-            ("bbox_h", pa.float32()),
-            ("rle_counts", pa.string()),
-            ("rle_height", pa.int32()),
-            ("rle_width", pa.int32()),
-            ("score", pa.float32()),
-            ("predicted_iou", pa.float32()),
-            ("stability_score", pa.float32()),
-        ]
-    ),
-    "relations": pa.schema(
-        IDENTITY
-        + [
-            ("subject_id", pa.int32()),
-            ("subject", pa.string()),
-            ("predicate", pa.string()),
-            ("object_id", pa.int32()),
-            ("object", pa.string()),
-            ("score", pa.float32()),
-        ]
-    ),
-    "ocr": pa.schema(
-        IDENTITY
-        + [
-            ("line_index", pa.int32()),
-            ("text", pa.string()),
-            ("score", pa.float32()),
-            ("polygon", POLYGON),
-        ]
-    ),
+    **{spec.table: pa.schema(IDENTITY + spec.columns) for spec in EXPERTS.values()},
     "aux_text": pa.schema(
         [
             ("dataset", pa.string()),
@@ -187,7 +135,7 @@ TABLES: dict[str, pa.Schema] = {
     ),
 }
 
-EXPERT_TABLES = {"detection": "detections", "segmentation": "segments", "sgg": "relations", "ocr": "ocr"}
+EXPERT_TABLES = {name: spec.table for name, spec in EXPERTS.items()}
 
 DECODE_KEY = "decode-v1"  # the decode step's entry in the `done` ledger
 

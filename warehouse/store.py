@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import WarehouseError
+from core.errors import WarehouseError
 from warehouse.duck import sql_literal as _sql_str
 from warehouse.schema import LEDGER_KEYS, TABLES, UNIQUE_KEYS
 

@@ -1,7 +1,8 @@
 """`moai viz`: draw one image's stored records (boxes, masks, relations, OCR polygons) to a PNG.
 
 People use it to check the experts before trusting a run, so it reads exactly what was committed:
-the latest config of each expert for that image, nothing recomputed.
+each expert's current records for that image (warehouse/current.py), nothing recomputed. Experts
+without a drawing below (a new expert, say) are listed in the warehouse but not drawn.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.corpus import resolve_corpus
-from pipeline.decode import decode_image
-from pipeline.errors import UserError
-from warehouse.rows import ORDER_COLUMN, records_from_table_row
+from annotators.masks import decode_rle
+from annotators.registry import EXPERT_NAMES
+from core.errors import UserError
+from corpora.decode import decode_image
+from corpora.layout import find_image
+from corpora.resolve import resolve_corpus
+from warehouse.current import current_records
 from warehouse.store import Warehouse
 
 PALETTE = [
@@ -38,18 +42,6 @@ PALETTE = [
 ]
 
 
-def _latest(wh: Warehouse, table: str, name: str, dataset: str, image_id: int) -> list[dict]:
-    """Records of the most recent run that committed `table` rows for this image."""
-    rows = wh.query(
-        f"SELECT * FROM {table} WHERE dataset = ? AND image_id = ? AND run_id = "
-        f"(SELECT max(run_id) FROM {table} WHERE dataset = ? AND image_id = ?)",
-        [dataset, image_id, dataset, image_id],
-    ).to_pylist()
-    key = ORDER_COLUMN.get(name)
-    rows.sort(key=lambda r: r[key] if key else 0)
-    return [records_from_table_row(name, r) for r in rows]
-
-
 def _font(size: int):
     from PIL import ImageFont
 
@@ -69,12 +61,10 @@ def render(
 ):
     """Return a PIL image with every kind of record drawn on top of `image`."""
     from PIL import Image, ImageDraw
-    from pycocotools import mask as mask_utils
 
     canvas = image.astype(np.float32).copy()
     for i, seg in enumerate(segments):
-        rle = {"size": seg["rle"]["size"], "counts": seg["rle"]["counts"].encode("ascii")}
-        mask = mask_utils.decode(rle).astype(bool)
+        mask = decode_rle(seg["rle"])
         color = np.array(PALETTE[i % len(PALETTE)], dtype=np.float32)
         canvas[mask] = 0.55 * canvas[mask] + 0.45 * color
     out = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
@@ -129,25 +119,10 @@ def render(
 
 def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path, min_score: float = 0.3) -> Path:
     wh = Warehouse(warehouse)
-    corpus = resolve_corpus(dataset)
-    ref = next(
-        (
-            r
-            for r in corpus.images()
-            if r.file_name == image or str(r.image_id) == image or Path(r.file_name).stem == image
-        ),
-        None,
-    )
-    if ref is None:
-        raise UserError(f"No image '{image}' in dataset '{dataset}' (give a file name, stem or image id).")
+    ref = find_image(resolve_corpus(dataset), image)
+    # the image's current records of every expert (warehouse/current.py): what export and the trainer see
     records = {
-        name: _latest(wh, table, name, dataset, ref.image_id)
-        for name, table in (
-            ("detection", "detections"),
-            ("segmentation", "segments"),
-            ("sgg", "relations"),
-            ("ocr", "ocr"),
-        )
+        name: current_records(wh, dataset, name, [ref.image_id])[ref.image_id] for name in EXPERT_NAMES
     }
     if not any(records.values()):
         raise UserError(
@@ -156,10 +131,10 @@ def viz(dataset: str, image: str, out: Path | None, warehouse: str | Path, min_s
         )
     picture = render(
         decode_image(ref.path).image,
-        records["detection"],
-        records["segmentation"],
-        records["sgg"],
-        records["ocr"],
+        records.get("detection", []),
+        records.get("segmentation", []),
+        records.get("sgg", []),
+        records.get("ocr", []),
         min_score=min_score,
     )
     out = out or Path("outputs") / "viz" / dataset / f"{Path(ref.file_name).stem}.png"

@@ -29,8 +29,8 @@ import stat
 import sys
 from pathlib import Path, PurePosixPath
 
-from pipeline.corpus import IMAGE_SUFFIXES, Corpus
-from pipeline.errors import DatasetError
+from core.errors import DatasetError
+from corpora.layout import IMAGE_SUFFIXES, Corpus
 
 SPLIT = "default"
 SHOWN_PROBLEMS = 5  # paths named in the warning; the rest are only counted

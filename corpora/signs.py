@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.corpus import Corpus
+from corpora.layout import Corpus
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 COLOURS = {

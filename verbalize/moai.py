@@ -34,23 +34,22 @@ Conventions (decided here, pinned by tests/test_verbalize.py):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from annotators.base import config_hash
-from pipeline.errors import UserError
+from annotators.base import UNLABELED, clean_label, field_of
+from annotators.ocr import reading_order
+from core.errors import UserError
+from core.hashing import config_hash
 
 VERBALIZER_VERSION = "1"  # bump whenever the text for the same records and config changes
 OBJECTS_PREFIX = "The image includes bounding box coordinates and their objects: "
 RELATIONS_PREFIX = "The image includes relationships between objects: "
 TEXT_PREFIX = "The image includes text descriptions: "
 JOINER = ", and "
-UNLABELED = "unlabeled"
-_PANOPTIC_SUFFIXES = re.compile(r"(-merged|-other|-stuff)+$")
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -140,13 +139,6 @@ class AuxText:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _get(record: Any, name: str, default: Any = None) -> Any:
-    """A field of a dataclass record or of a dict row."""
-    if isinstance(record, Mapping):
-        return record.get(name, default)
-    return getattr(record, name, default)
-
-
 def _f32(value: Any) -> float:
     """The value as the warehouse stores it (float32), so fresh and stored records agree."""
     return float(np.float32(value))
@@ -155,11 +147,6 @@ def _f32(value: Any) -> float:
 def passes(score: Any, threshold: float) -> bool:
     """Inclusive threshold at storage precision."""
     return np.float32(score) >= np.float32(threshold)
-
-
-def clean_label(label: Any) -> str:
-    """Drop COCO-panoptic suffixes, as MoAI does ("wall-other-merged" -> "wall")."""
-    return _PANOPTIC_SUFFIXES.sub("", str(label)).strip()
 
 
 def format_coordinate(value: float, size: float) -> str:
@@ -200,7 +187,7 @@ def _objects_sentence(objects: list[tuple[float, list[float], str]], width: floa
 
 def segment_box(segment: Any) -> list[float]:
     """COCO [x, y, w, h] -> [x1, y1, x2, y2]."""
-    x, y, w, h = (_f32(v) for v in _get(segment, "bbox"))
+    x, y, w, h = (_f32(v) for v in field_of(segment, "bbox"))
     return [x, y, x + w, y + h]
 
 
@@ -209,11 +196,11 @@ def verbalize_segments(
 ) -> str:
     objects = []
     for seg in segments:
-        label = clean_label(_get(seg, "label", ""))
+        label = clean_label(field_of(seg, "label", ""))
         if label in ("", UNLABELED) and not config.include_unlabeled:
             continue
-        if passes(_get(seg, "score", 0.0), config.segmentation_threshold):
-            objects.append((_get(seg, "score", 0.0), segment_box(seg), label or UNLABELED))
+        if passes(field_of(seg, "score", 0.0), config.segmentation_threshold):
+            objects.append((field_of(seg, "score", 0.0), segment_box(seg), label or UNLABELED))
     return _objects_sentence(objects, width, height)
 
 
@@ -221,9 +208,9 @@ def verbalize_detections(
     detections: Iterable[Any], width: float, height: float, config: VerbalizeConfig = DEFAULT_CONFIG
 ) -> str:
     objects = [
-        (_get(d, "score", 0.0), [_f32(v) for v in _get(d, "box")], str(_get(d, "label", "")))
+        (field_of(d, "score", 0.0), [_f32(v) for v in field_of(d, "box")], str(field_of(d, "label", "")))
         for d in detections
-        if passes(_get(d, "score", 0.0), config.detection_threshold)
+        if passes(field_of(d, "score", 0.0), config.detection_threshold)
     ]
     return _objects_sentence(objects, width, height)
 
@@ -233,43 +220,21 @@ def verbalize_relations(relations: Iterable[Any], config: VerbalizeConfig = DEFA
     ranked = sorted(
         relations,
         key=lambda r: (
-            -_f32(_get(r, "score", 0.0)),
-            int(_get(r, "subject_id", 0)),
-            int(_get(r, "object_id", 0)),
-            str(_get(r, "predicate", "")),
+            -_f32(field_of(r, "score", 0.0)),
+            int(field_of(r, "subject_id", 0)),
+            int(field_of(r, "object_id", 0)),
+            str(field_of(r, "predicate", "")),
         ),
     )
-    kept = [r for r in ranked[: config.sgg_top_k] if passes(_get(r, "score", 0.0), config.sgg_threshold)]
-    items = [f"{_get(r, 'subject')} is {_get(r, 'predicate')} {_get(r, 'object')}" for r in kept]
+    kept = [r for r in ranked[: config.sgg_top_k] if passes(field_of(r, "score", 0.0), config.sgg_threshold)]
+    items = [f"{field_of(r, 'subject')} is {field_of(r, 'predicate')} {field_of(r, 'object')}" for r in kept]
     return sentence(RELATIONS_PREFIX, items)
-
-
-def reading_order(lines: list[Any]) -> list[Any]:
-    """OCR lines top to bottom by row, left to right within a row; lines without a polygon last."""
-    placed, unplaced = [], []
-    for line in lines:
-        points = np.asarray(_get(line, "polygon") or [], dtype=np.float64).reshape(-1, 2)
-        if len(points) == 0:
-            unplaced.append(line)
-        else:
-            (x0, y0), (_, y1) = points.min(axis=0), points.max(axis=0)
-            placed.append((float(y0), float(y1), float(x0), line))
-    placed.sort(key=lambda p: (p[0], p[2], p[1], str(_get(p[3], "text", ""))))
-    rows: list[list[tuple[float, float, float, Any]]] = []
-    for entry in placed:
-        center = (entry[0] + entry[1]) / 2
-        if rows and rows[-1][0][0] <= center <= rows[-1][0][1]:
-            rows[-1].append(entry)
-        else:
-            rows.append([entry])
-    ordered = [e[3] for row in rows for e in sorted(row, key=lambda e: (e[2], e[0]))]
-    return ordered + sorted(unplaced, key=lambda line: str(_get(line, "text", "")))
 
 
 def verbalize_ocr(lines: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
     """Recognized strings scoring >= the threshold; positions are dropped, as in MoAI."""
-    kept = [line for line in lines if passes(_get(line, "score", 0.0), config.ocr_threshold)]
-    texts = [" ".join(str(_get(line, "text", "")).split()) for line in reading_order(kept)]
+    kept = [line for line in lines if passes(field_of(line, "score", 0.0), config.ocr_threshold)]
+    texts = [" ".join(str(field_of(line, "text", "")).split()) for line in reading_order(kept)]
     return sentence(TEXT_PREFIX, [t for t in texts if t])
 
 

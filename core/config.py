@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import UserError
+from core.errors import UserError
 
 Check = Callable[[Any, str, str], None]  # (value, file, key path) -> None, or raises ConfigError
 

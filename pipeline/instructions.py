@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.corpus import Corpus
+from corpora.layout import Corpus
 from warehouse.store import Warehouse
 
 CAPTION_PROMPT = "Describe the image briefly."

@@ -11,9 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.corpora.coco_categories import coco_categories_json
-from pipeline.corpus import Corpus
-from pipeline.errors import DatasetError
+from core.errors import DatasetError
+from corpora.coco_categories import coco_categories_json
+from corpora.layout import Corpus
 
 SPLIT = "val2017"
 

@@ -1,0 +1,1 @@
+"""The `moai` command line: the top floor. Parses arguments, calls into the packages, prints."""

@@ -1,0 +1,1 @@
+"""Shipped expert profiles (profiles/*.yaml) and training configs (*.yaml): data, read by name."""

@@ -1,0 +1,1 @@
+"""Ground floor: user-facing errors, the strict config reader, hashing and paths. Imports nothing of the project."""

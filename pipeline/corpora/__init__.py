@@ -1,1 +1,0 @@
-"""Builders for the corpora moai-forge knows by name (sample, registered folders)."""
