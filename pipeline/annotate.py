@@ -226,8 +226,6 @@ def run_annotation(
 
 
 def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors) -> int:
-    from pipeline.executors import StageSpec, init_ray, run_local, run_ray
-
     started = datetime.now(timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     wh.recover()
@@ -244,57 +242,24 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     )
     for row in plan.rows:
         row["run_id"] = run_id
-    needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
-    specs = [
-        StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1), 0.25, job.gpus.get(n, 0.0))
-        for n in needed
-    ]
-
-    counts: Counter = Counter()
-    seconds: Counter = Counter()
-    random_by_expert: dict[str, bool] = {}
+    tally = Tally(list(profile.experts))
     start = time.perf_counter()
     if plan.rows:
-        if executor == "ray":
-            import ray
-
-            print(f"[annotate] executor: {init_ray()}", file=sys.stderr)
-            if not ray.cluster_resources().get("GPU"):
-                for spec in specs:  # a GPU share asked of a cluster without GPUs would never be granted
-                    spec.num_gpus = 0.0
-            stream = run_ray(plan.rows, specs, job.batch_size)
-        elif executor == "local":
-            stream = run_local(plan.rows, specs, job.batch_size)
-        else:
-            raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
         progress = Progress(len(plan.rows), list(profile.experts))
         pending: dict[str, list[dict]] = {}
         n_pending = 0
-        for row in _unwrap_worker_errors(stream):
+        for row in _unwrap_worker_errors(_stream(plan, profile, job, executor)):
             tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
             if not row["decode_reason"]:
-                random_init = any(
-                    json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256") == "random-init"
-                    for n in EXPERT_NAMES
-                ) or any(profile.experts[n].get("weights") == "random-init" for n in profile.experts)
                 aux, done = aux_rows(
                     row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
-                    aux_key, random_init,
+                    aux_key, _random_init(row, profile),
                 )  # fmt: skip
                 tables.setdefault("aux_text", []).append(aux)
                 tables["done"].append(done)
-            for name in profile.experts:
-                if name in row["todo"].split(",") and not row["decode_reason"]:
-                    counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
-                    seconds[name] += row[f"{name}_seconds"]
-                    ident = json.loads(row[f"{name}_identity"] or "{}")
-                    if ident:
-                        random_by_expert[name] = ident.get("weights_sha256") == "random-init"
+            tally.add(row, tables)
             for table, rows in tables.items():
                 pending.setdefault(table, []).extend(rows)
-                if table != "done":
-                    counts[f"rows_{table}"] += len(rows)
-            counts["decode_errors"] += bool(row["decode_reason"])
             n_pending += 1
             progress.update(row)
             if n_pending >= job.commit_every:
@@ -304,42 +269,92 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
         if pending:
             wh.commit(pending)
     elapsed = time.perf_counter() - start
-    n_errors = counts["decode_errors"] + sum(counts[f"{n}_errors"] for n in EXPERT_NAMES)
-    rate = len(plan.rows) / elapsed if elapsed > 0 and plan.rows else 0.0
     wh.commit(
-        {
-            "runs": [
-                {
-                    "run_id": run_id,
-                    "dataset": corpus.name,
-                    "profile": profile.name,
-                    "started_at": started,
-                    "finished_at": datetime.now(timezone.utc),
-                    "images_listed": plan.listed,
-                    "images_processed": len(plan.rows),
-                    "errors": n_errors,
-                    "images_per_s": rate,
-                    "counts_json": json.dumps(
-                        {**counts, **{f"{k}_model_seconds": round(v, 3) for k, v in seconds.items()}}
-                    ),
-                    "config_json": json.dumps(
-                        {
-                            "profile": profile.experts,
-                            "verbalize": profile.verbalize,
-                            "plan_hashes": hashes,
-                            "executor": executor,
-                            "job": job.__dict__,
-                        }
-                    ),
-                    "versions_json": json.dumps(_versions()),
-                    "random_init_experts": ",".join(sorted(n for n, r in random_by_expert.items() if r)),
-                }
-            ]
-        }
+        {"runs": [_runs_row(run_id, corpus, profile, job, executor, hashes, plan, tally, started, elapsed)]}
     )
     wh.compact()
-    print_summary(out, corpus.name, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile)
+    print_summary(
+        out, corpus.name, run_id, plan, tally.counts, tally.seconds, elapsed, tally.errors, wh, profile
+    )
     return 0
+
+
+def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str):
+    """Finished rows from the chosen executor, for the experts this plan still needs."""
+    from pipeline.executors import StageSpec, init_ray, run_local, run_ray
+
+    needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
+    specs = [
+        StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1), 0.25, job.gpus.get(n, 0.0))
+        for n in needed
+    ]
+    if executor == "local":
+        return run_local(plan.rows, specs, job.batch_size)
+    if executor != "ray":
+        raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
+    import ray
+
+    print(f"[annotate] executor: {init_ray()}", file=sys.stderr)
+    if not ray.cluster_resources().get("GPU"):
+        for spec in specs:  # a GPU share asked of a cluster without GPUs would never be granted
+            spec.num_gpus = 0.0
+    return run_ray(plan.rows, specs, job.batch_size)
+
+
+def _random_init(row: dict, profile: Profile) -> bool:
+    """Whether any expert behind this image's aux text ran with random weights."""
+    return any(
+        json.loads(row[f"{n}_identity"] or "{}").get("weights_sha256") == "random-init" for n in EXPERT_NAMES
+    ) or any(profile.experts[n].get("weights") == "random-init" for n in profile.experts)
+
+
+class Tally:
+    """What a run did, per expert: images, errors, model seconds, rows written, random weights."""
+
+    def __init__(self, experts: list[str]):
+        self.experts = experts
+        self.counts: Counter = Counter()
+        self.seconds: Counter = Counter()
+        self.random_by_expert: dict[str, bool] = {}
+
+    def add(self, row: dict, tables: dict[str, list[dict]]) -> None:
+        for name in self.experts:
+            if name in row["todo"].split(",") and not row["decode_reason"]:
+                self.counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
+                self.seconds[name] += row[f"{name}_seconds"]
+                ident = json.loads(row[f"{name}_identity"] or "{}")
+                if ident:
+                    self.random_by_expert[name] = ident.get("weights_sha256") == "random-init"
+        for table, rows in tables.items():
+            if table != "done":
+                self.counts[f"rows_{table}"] += len(rows)
+        self.counts["decode_errors"] += bool(row["decode_reason"])
+
+    @property
+    def errors(self) -> int:
+        return self.counts["decode_errors"] + sum(self.counts[f"{n}_errors"] for n in EXPERT_NAMES)
+
+
+def _runs_row(run_id, corpus, profile, job, executor, hashes, plan, tally: Tally, started, elapsed) -> dict:
+    """The run's row in `runs`: what it was asked, what it did, and with which versions."""
+    counts = {**tally.counts, **{f"{k}_model_seconds": round(v, 3) for k, v in tally.seconds.items()}}
+    config = {"profile": profile.experts, "verbalize": profile.verbalize, "plan_hashes": hashes,
+              "executor": executor, "job": job.__dict__}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "dataset": corpus.name,
+        "profile": profile.name,
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc),
+        "images_listed": plan.listed,
+        "images_processed": len(plan.rows),
+        "errors": tally.errors,
+        "images_per_s": len(plan.rows) / elapsed if elapsed > 0 and plan.rows else 0.0,
+        "counts_json": json.dumps(counts),
+        "config_json": json.dumps(config),
+        "versions_json": json.dumps(_versions()),
+        "random_init_experts": ",".join(sorted(n for n, r in tally.random_by_expert.items() if r)),
+    }
 
 
 def _unwrap_worker_errors(stream):
