@@ -16,7 +16,7 @@ DEPS_HASH := $(shell { cat pyproject.toml requirements.lock; sed -n '/^\$$(STAMP
   | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: setup test annotate train sql bench lint eval clean-venv signs-benchmark
+.PHONY: setup test plan annotate train sql bench lint eval clean-venv signs-benchmark
 
 setup: $(STAMP)
 
@@ -40,6 +40,9 @@ $(STAMP): pyproject.toml requirements.lock
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+plan: setup
+	$(BIN)/moai plan --dataset "$(DATASET)" $(if $(IMAGES),--images "$(IMAGES)") $(if $(PROFILE),--profile "$(PROFILE)")
 
 annotate: setup
 	$(BIN)/moai annotate --dataset "$(DATASET)" $(if $(IMAGES),--images "$(IMAGES)") $(if $(PROFILE),--profile "$(PROFILE)")

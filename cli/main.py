@@ -34,6 +34,18 @@ def annotate(a) -> int:
     )  # fmt: skip
 
 
+def plan(a) -> int:
+    from pipeline.annotate import plan
+
+    estimate = plan(
+        a.dataset, images=a.images, profile=a.profile, warehouse=a.warehouse, limit=a.limit,
+        allow_random_weights=a.allow_random_weights, executor=a.executor, retry_errors=a.retry_errors,
+        probe=not a.no_probe,
+    )  # fmt: skip
+    print("\n".join(estimate.lines()))
+    return 0
+
+
 def verbalize(a) -> int:
     from pipeline.reverbalize import reverbalize
     from warehouse.store import Warehouse
@@ -177,6 +189,11 @@ def _annotate_args(p) -> None:
                    help="try again the images and experts that failed in earlier runs (e.g. a file fixed since)")  # fmt: skip
 
 
+def _plan_args(p) -> None:
+    _annotate_args(p)
+    p.add_argument("--no-probe", action="store_true", help="estimate from this warehouse's history only")
+
+
 def _verbalize_args(p) -> None:
     _dataset(p)
     _warehouse(p)
@@ -262,6 +279,8 @@ class Command:
 COMMANDS = [
     Command("datasets", "resolve a dataset (building `sample` if needed) and list its splits", _datasets_args,
             datasets),
+    Command("plan", "what `moai annotate` with these arguments would do, and an estimate of its time and disk",
+            _plan_args, plan),
     Command("annotate", "run the expert models over a corpus into the warehouse", _annotate_args, annotate),
     Command("verbalize", "write a new aux_text version from stored rows (no model runs)", _verbalize_args, verbalize),
     Command("sql", "query the warehouse: one statement, or an interactive read-only session", _sql_args, sql),

@@ -20,6 +20,7 @@ from annotators.registry import EXPERT_NAMES, EXPERTS, make_expert
 from core.errors import UserError
 from core.paths import DEFAULT_WAREHOUSE
 from corpora.resolve import resolve_corpus
+from pipeline.estimate import Estimate, estimate
 from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
 from pipeline.stages import new_row
 from pipeline.terminal import Progress, quiet
@@ -127,19 +128,8 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def annotate(
-    dataset: str,
-    *,
-    images: str | None = None,
-    profile: str | None = None,
-    warehouse: str | Path = DEFAULT_WAREHOUSE,
-    limit: int | None = None,
-    allow_random_weights: bool = False,
-    commit_every: int | None = None,
-    executor: str | None = None,
-    retry_errors: bool = False,
-) -> int:
-    """`moai annotate`: resolve the corpus, its job and profile, then run (see run_annotation)."""
+def _resolve(dataset: str, images, profile, allow_random_weights: bool, commit_every):
+    """The corpus, its job spec and the profile, with the random-weights rule applied."""
     corpus = resolve_corpus(dataset, images=images)
     job: JobSpec = load_job(corpus.name)
     profile = load_profile(profile or job.profile)
@@ -159,6 +149,23 @@ def annotate(
         )
     if commit_every:
         job.commit_every = commit_every
+    return corpus, job, profile
+
+
+def annotate(
+    dataset: str,
+    *,
+    images: str | None = None,
+    profile: str | None = None,
+    warehouse: str | Path = DEFAULT_WAREHOUSE,
+    limit: int | None = None,
+    allow_random_weights: bool = False,
+    commit_every: int | None = None,
+    executor: str | None = None,
+    retry_errors: bool = False,
+) -> int:
+    """`moai annotate`: resolve the corpus, its job and profile, then run (see run_annotation)."""
+    corpus, job, profile = _resolve(dataset, images, profile, allow_random_weights, commit_every)
     return run_annotation(
         corpus,
         profile,
@@ -168,6 +175,32 @@ def annotate(
         executor=executor or os.environ.get("MOAI_EXECUTOR", "ray"),
         retry_errors=retry_errors,
     )
+
+
+def plan(
+    dataset: str,
+    *,
+    images: str | None = None,
+    profile: str | None = None,
+    warehouse: str | Path = DEFAULT_WAREHOUSE,
+    limit: int | None = None,
+    allow_random_weights: bool = False,
+    executor: str | None = None,
+    retry_errors: bool = False,
+    probe: bool = True,
+) -> Estimate:
+    """`moai plan`: what `moai annotate` with the same arguments would do, and its estimated cost.
+    Writes nothing to the warehouse (the probe runs the experts here, on a few images)."""
+    corpus, job, profile = _resolve(dataset, images, profile, allow_random_weights, None)
+    preflight(profile)
+    wh = Warehouse(warehouse)
+    hashes = plan_hashes(profile)
+    aux_key = aux_hash(verbalizer_hash(profile.verbalize), hashes)
+    work = make_plan(
+        corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits, retry_errors=retry_errors
+    )
+    executor = executor or os.environ.get("MOAI_EXECUTOR", "ray")
+    return estimate(work, profile, hashes, wh, executor, job.batch_size, probe=probe)
 
 
 def run_annotation(
@@ -212,6 +245,13 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     )
     for row in plan.rows:
         row["run_id"] = run_id
+    expected = estimate(plan, profile, hashes, wh, executor, job.batch_size, probe=False).seconds
+    if plan.rows:
+        print(
+            f"[annotate] estimate: ~{expected:.0f} s from this warehouse's history" if expected is not None
+            else "[annotate] estimate: none yet (no earlier run of these experts here; `moai plan` probes)",
+            file=sys.stderr,
+        )  # fmt: skip
     tally = Tally(list(profile.experts))
     start = time.perf_counter()
     if plan.rows:
@@ -231,6 +271,7 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
                     tables.setdefault("aux_text", []).append(aux)
                     tables["done"].append(done)
                 tally.add(row, tables)
+                tally.counts.setdefault("startup_s", round(time.perf_counter() - start, 2))
                 for table, rows in tables.items():
                     pending.setdefault(table, []).extend(rows)
                 n_pending += 1

@@ -94,3 +94,34 @@ def test_a_missing_weight_file_fails_in_seconds_before_anything_starts(tmp_path)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "yolo11s.pt" in lines[0] and str(tmp_path / "weights") in lines[0]
     assert not (tmp_path / "outputs").exists()  # no cluster, no log, no warehouse: nothing started
+
+
+@pytest.mark.slow
+def test_plan_estimates_the_following_run_within_a_factor_of_two(tmp_path, sample_image, monkeypatch):
+    import shutil
+
+    from pipeline.annotate import annotate, plan
+    from warehouse.store import Warehouse
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for stem in ("astronaut", "coffee", "bus", "chelsea", "page", "motorcycle_left"):
+        shutil.copy(sample_image(stem), folder / f"{stem}.jpg")
+    args = dict(images=str(folder), profile=str(REPO / "tests" / "profiles" / "fast.yaml"),
+                warehouse=tmp_path / "wh", allow_random_weights=True, executor="local")  # fmt: skip
+    monkeypatch.setenv("MOAI_DATA", str(tmp_path / "data"))
+    before = plan("photos", **args)
+    assert (
+        before.todo == 6
+        and before.seconds
+        and all(c.source.startswith("probe") for c in before.experts.values())
+    )
+    assert not (tmp_path / "wh" / "_manifest.json").exists()  # planning writes nothing
+    start = time.perf_counter()
+    assert annotate("photos", **args) == 0
+    took = time.perf_counter() - start
+    assert 0.5 <= before.seconds / took <= 2.0, (before.seconds, took)
+    after = plan("photos", **args)  # nothing left; the history now answers without a probe
+    assert after.todo == 0 and after.seconds == 0.0
+    runs = Warehouse(tmp_path / "wh").query("SELECT counts_json FROM runs").to_pylist()
+    assert "startup_s" in runs[0]["counts_json"]
