@@ -130,8 +130,11 @@ def reading_order(lines: Sequence[Any]) -> list[Any]:
     """OCR lines (records or their stored dicts) in reading order: rows top to bottom, left to right
     within a row; lines without a polygon last. A line joins the current row when its vertical centre
     lies within the vertical extent of the row's first (topmost) line, so words of one row whose tops
-    differ by a few pixels stay in order at any text size (the libraries' own sort uses a fixed 10 px,
-    too little for large text). Ties are broken by text, so the order never depends on input order."""
+    differ by a few pixels stay in order at any text size. Ties are broken by text, so the order never
+    depends on input order. Decided, not MoAI's: MoAI's text follows PaddleOCR's `sorted_boxes` (a
+    fixed 10 px tolerance on the top-left y, tuned for its 490 px squash; too little for large text
+    at native resolution). Both orders agree on ordinary layouts; verbalize/moai.py says when, and
+    tests/test_verbalize.py checks it against a copy of `sorted_boxes`."""
     placed, unplaced = [], []
     for line in lines:
         points = np.asarray(field_of(line, "polygon") or [], dtype=np.float64).reshape(-1, 2)

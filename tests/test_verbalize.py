@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from annotators.base import Detection, ImageInput, Relation, Segment, TextLine
+from annotators.ocr import reading_order
 from core.errors import UserError
 from verbalize.moai import (
+    OBJECTS_PREFIX,
     AuxText,
     VerbalizeConfig,
     format_box,
+    split_sentences,
     verbalize,
     verbalize_detections,
     verbalize_ocr,
@@ -188,9 +191,47 @@ def test_sgg_keeps_top_ten_then_threshold():
 def test_segment_labels_unlabeled_excluded_by_default():
     segments = [segment("unlabeled", [0, 0, 200, 20], 0.99), segment("dog", [0, 50, 100, 100], 0.9)]
     assert verbalize_segments(segments, W, H).endswith(": [0.00, 0.50, 0.50, 1.00] dog.")
+    # labelled objects first, however high SAM's predicted IoU of an unlabeled region (decided, see moai.py)
     assert verbalize_segments(segments, W, H, VerbalizeConfig(include_unlabeled=True)).endswith(
-        ": [0.00, 0.00, 1.00, 0.20] unlabeled, and [0.00, 0.50, 0.50, 1.00] dog."
+        ": [0.00, 0.50, 0.50, 1.00] dog, and [0.00, 0.00, 1.00, 0.20] unlabeled."
     )
+
+
+def test_unlabeled_regions_follow_labelled_objects_each_by_its_own_score():
+    segments = [
+        segment("unlabeled", [0, 0, 10, 10], 0.99, segment_id=1),
+        segment("cat", [0, 20, 10, 10], 0.6, segment_id=2),
+        segment("unlabeled", [0, 40, 10, 10], 0.7, segment_id=3),
+        segment("dog", [0, 60, 10, 10], 0.9, segment_id=4),
+    ]
+    text = verbalize_segments(segments, W, H, VerbalizeConfig(include_unlabeled=True))
+    labels = [
+        item.rsplit(" ", 1)[1].rstrip(".") for item in text.removeprefix(OBJECTS_PREFIX).split(", and ")
+    ]
+    assert labels == ["dog", "cat", "unlabeled", "unlabeled"]
+    assert "[0.00, 0.00, 0.05, 0.10] unlabeled, and [0.00, 0.40" in text  # 0.99 before 0.7
+    only = [segments[0], segments[2]]
+    assert verbalize_segments(only, W, H, VerbalizeConfig(include_unlabeled=True)).startswith(OBJECTS_PREFIX)
+
+
+def test_sgg_keeps_the_top_min_k_and_objects_relations_as_moai():
+    # 3 objects, 3 relations all >= 0.8: min(10, 3) = 3 kept
+    three = [
+        relation("a", "near", "b", 0.95, sid=1, oid=2),
+        relation("b", "near", "c", 0.9, sid=2, oid=3),
+        relation("a", "near", "c", 0.85, sid=1, oid=3),
+    ]
+    assert verbalize_relations(three).count(" is near ") == 3
+    # 3 objects but 5 candidate relations: only the best 3 are considered (MoAI's min(10, objects))
+    five = three + [
+        relation("c", "on", "a", 0.84, sid=3, oid=1),
+        relation("b", "on", "a", 0.83, sid=2, oid=1),
+    ]
+    text = verbalize_relations(five)
+    assert text.count(" is ") == 3 and " is on " not in text
+    # 2 objects, 1 relation: MoAI's argpartition(…, -2) fails and its bare except drops the sentence;
+    # ours keeps the one relation (decided)
+    assert verbalize_relations([relation("a", "on", "b", 0.9, sid=1, oid=2)]).endswith(": a is on b.")
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -252,6 +293,50 @@ def test_ocr_reading_order_rows_then_left_to_right():
     assert verbalize_ocr(lines) == (
         "The image includes text descriptions: hello, and world, and second row, and two words, and no box."
     )
+
+
+def paddle_sorted_boxes(lines):
+    """PaddleOCR's `sorted_boxes` (what MoAI's OCR text followed): by top-left (y, x), then neighbours whose
+    top-left y differ by < 10 px are swapped into x order."""
+    boxes = sorted(lines, key=lambda ln: (ln.polygon[0][1], ln.polygon[0][0]))
+    for i in range(len(boxes) - 1):
+        for j in range(i, -1, -1):
+            a, b = boxes[j].polygon[0], boxes[j + 1].polygon[0]
+            if abs(b[1] - a[1]) < 10 and b[0] < a[0]:
+                boxes[j], boxes[j + 1] = boxes[j + 1], boxes[j]
+            else:
+                break
+    return boxes
+
+
+def test_ocr_order_is_paddleocrs_on_ordinary_layouts_and_keeps_rows_of_large_text():
+    rng = np.random.default_rng(0)
+    for _ in range(
+        200
+    ):  # rows 40 px apart, 12 px text, tops within a row < min(10 px, half its height) apart
+        lines = [
+            line(f"w{r}{c}", x=c * 60 + rng.uniform(0, 20), y=r * 40 + rng.uniform(0, 5.9), h=12)
+            for r in range(3)
+            for c in range(3)
+        ]
+        rng.shuffle(lines)
+        assert [ln.text for ln in reading_order(lines)] == [ln.text for ln in paddle_sorted_boxes(lines)]
+    # large text (40 px), the right word 14 px higher: one row for us; PaddleOCR's 10 px reads it first
+    big = [line("left", x=0, y=20, h=40), line("right", x=200, y=6, h=40)]
+    assert [ln.text for ln in reading_order(big)] == ["left", "right"]
+    assert [ln.text for ln in paddle_sorted_boxes(big)] == ["right", "left"]
+    assert verbalize_ocr(big).endswith(": left, and right.")  # the verbalizer follows the expert's order
+
+
+def test_split_sentences_inverts_joining_the_four_sentences():
+    aux = verbalize(
+        {"segmentation": SEGMENTS, "detection": [detection("dog", [0, 0, 10, 10])], "ocr": [line("EXIT")]},
+        W,
+        H,
+    )
+    parts = [aux.segmentation, aux.detection, aux.sgg, aux.ocr]
+    assert split_sentences(aux.text) == [p for p in parts if p]
+    assert split_sentences("") == [] and split_sentences("free text") == ["free text"]
 
 
 # ----------------------------------------------------------------------------- stored records

@@ -19,11 +19,24 @@ Conventions (decided here, pinned by tests/test_verbalize.py):
   the warehouse's storage precision, so text made in the pipeline and text regenerated from
   Parquet are identical (0.8 stored as float32 is 0.800000011..., 0.7 is 0.699999988...).
   Coordinates are likewise taken at float32 before normalizing.
-- Item order: objects by score (desc), ties by position (x1, y1, x2, y2) then label; relations
-  by score (desc), ties by subject id, object id, predicate (top-k is taken in that order, then the
-  score threshold); OCR lines in reading order (rows top to bottom, a line joining a row when its
-  vertical centre lies within the row's first line; left to right within a row), as PaddleOCR
-  returns them to MoAI. Lines without a polygon come last, by text.
+- Item order: objects by score (desc), ties by position (x1, y1, x2, y2) then label; with
+  `include_unlabeled`, labelled segments first and unlabeled regions after them (each group by its
+  own score: a detector's confidence and SAM's predicted IoU are not one scale; MoAI's Mask2Former
+  labels every segment, so its sentence holds labelled objects only). Relations by score (desc),
+  ties by subject id, object id, predicate.
+- Relations kept (decided, MoAI's rule): the top min(sgg_top_k, number of objects) by score, the
+  objects being those the image's relations name, then those scoring >= the threshold. Where MoAI's
+  `argpartition` fails (fewer relations than that number) and its bare `except` drops the whole
+  sentence, ours keeps every relation. MoAI lists its top-k in argpartition's unspecified order; ours
+  by score.
+- OCR lines in reading order, `annotators.ocr.reading_order` (the order the OCR expert stores them
+  in): rows top to bottom, a line joining a row when its vertical centre lies within the row's first
+  line; left to right within a row. Decided, not MoAI's: MoAI kept PaddleOCR's `sorted_boxes` order
+  (sort by the top-left corner, then swap neighbours whose top-left y differ by < 10 px into x order),
+  tuned for its 490 px squash; OCR here runs at native resolution, where 10 px splits one row of large
+  text whose words sit a few pixels apart. Both agree whenever the tops within a row differ by less
+  than 10 px and less than half the text's height, and rows are further apart than their height
+  (tests/test_verbalize.py). Lines without a polygon come last, by text.
 - Segmentation labels lose COCO-panoptic suffixes (-merged, -other, -stuff) as in MoAI; segments
   labelled "unlabeled" (or empty) are left out unless `include_unlabeled`.
 - OCR strings have their whitespace collapsed; blank strings are dropped. The final "." is always
@@ -34,6 +47,7 @@ Conventions (decided here, pinned by tests/test_verbalize.py):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -45,7 +59,7 @@ from annotators.ocr import reading_order
 from core.errors import UserError
 from core.hashing import config_hash
 
-VERBALIZER_VERSION = "1"  # bump whenever the text for the same records and config changes
+VERBALIZER_VERSION = "2"  # bump whenever the text for the same records and config changes
 OBJECTS_PREFIX = "The image includes bounding box coordinates and their objects: "
 RELATIONS_PREFIX = "The image includes relationships between objects: "
 TEXT_PREFIX = "The image includes text descriptions: "
@@ -174,6 +188,18 @@ def join_sentences(sentences: Iterable[str]) -> str:
     return " ".join(s for s in sentences if s)
 
 
+_SENTENCE_START = re.compile(
+    " (?=" + "|".join(re.escape(p) for p in (OBJECTS_PREFIX, RELATIONS_PREFIX, TEXT_PREFIX)) + ")"
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    """An aux text back into its sentences (the inverse of `join_sentences` for verbalizer output): a new
+    sentence starts at each space followed by one of the templates' prefixes. Text that is not the
+    verbalizer's (no prefix) is one sentence."""
+    return [s for s in _SENTENCE_START.split(text) if s] if text else []
+
+
 # ----------------------------------------------------------------------------- the four sentences
 
 
@@ -194,14 +220,20 @@ def segment_box(segment: Any) -> list[float]:
 def verbalize_segments(
     segments: Iterable[Any], width: float, height: float, config: VerbalizeConfig = DEFAULT_CONFIG
 ) -> str:
-    objects = []
+    labelled, unlabeled = [], []
     for seg in segments:
         label = clean_label(field_of(seg, "label", ""))
         if label in ("", UNLABELED) and not config.include_unlabeled:
             continue
         if passes(field_of(seg, "score", 0.0), config.segmentation_threshold):
-            objects.append((field_of(seg, "score", 0.0), segment_box(seg), label or UNLABELED))
-    return _objects_sentence(objects, width, height)
+            group = unlabeled if label in ("", UNLABELED) else labelled
+            group.append((field_of(seg, "score", 0.0), segment_box(seg), label or UNLABELED))
+    if not unlabeled:
+        return _objects_sentence(labelled, width, height)
+    first, second = _objects_sentence(labelled, width, height), _objects_sentence(unlabeled, width, height)
+    if not first:
+        return second
+    return first[:-1] + JOINER + second.removeprefix(OBJECTS_PREFIX)  # one sentence: labelled, then the rest
 
 
 def verbalize_detections(
@@ -216,7 +248,10 @@ def verbalize_detections(
 
 
 def verbalize_relations(relations: Iterable[Any], config: VerbalizeConfig = DEFAULT_CONFIG) -> str:
-    """MoAI's PSGTR filter: the top-k relations by score, then those scoring >= the threshold."""
+    """MoAI's PSGTR filter: the top min(k, objects) relations by score, then those scoring >= the threshold
+    (see the module docstring for where ours and MoAI's code part)."""
+    relations = list(relations)
+    objects = {int(field_of(r, key, 0)) for r in relations for key in ("subject_id", "object_id")}
     ranked = sorted(
         relations,
         key=lambda r: (
@@ -226,7 +261,8 @@ def verbalize_relations(relations: Iterable[Any], config: VerbalizeConfig = DEFA
             str(field_of(r, "predicate", "")),
         ),
     )
-    kept = [r for r in ranked[: config.sgg_top_k] if passes(field_of(r, "score", 0.0), config.sgg_threshold)]
+    top_k = min(config.sgg_top_k, len(objects))
+    kept = [r for r in ranked[:top_k] if passes(field_of(r, "score", 0.0), config.sgg_threshold)]
     items = [f"{field_of(r, 'subject')} is {field_of(r, 'predicate')} {field_of(r, 'object')}" for r in kept]
     return sentence(RELATIONS_PREFIX, items)
 
