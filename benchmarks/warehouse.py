@@ -699,13 +699,19 @@ def _detection_sentence(im: _Images, det: _Detections) -> pa.Array:
 
 
 def _relations_sentence(im: _Images, rel: _Relations) -> pa.Array:
-    """The top-k relations by score per image, then those scoring >= the threshold."""
+    """The top min(k, objects) relations by score per image (objects: the ids its relations name), then
+    those scoring >= the threshold."""
     v, r_img, n_rel, nr = VERBALIZE, rel.img, rel.n, len(rel.img)
+    t = rel.table
     by_score = np.lexsort((-rel.score, r_img))
     rank = np.empty(nr, np.int64)
     rank[by_score] = np.arange(nr) - np.repeat(np.cumsum(n_rel) - n_rel, n_rel)
-    rel_keep = (rank < v["sgg_top_k"]) & (rel.score >= np.float32(v["sgg_threshold"]))
-    t = rel.table
+    named = np.unique(  # (image, object id) pairs, an object id being below 2**32
+        np.r_[r_img, r_img] << 32 | np.r_[t["subject_id"].to_numpy(), t["object_id"].to_numpy()]
+    )
+    objects = np.bincount(named >> 32, minlength=im.n)
+    top_k = np.minimum(v["sgg_top_k"], objects[r_img])
+    rel_keep = (rank < top_k) & (rel.score >= np.float32(v["sgg_threshold"]))
     rel_pieces = _join(t["subject"], pa.scalar("is"), t["predicate"], t["object"], sep=" ")
     return _per_image_join(
         rel_pieces.filter(pa.array(rel_keep)), np.bincount(r_img[rel_keep], minlength=im.n), RELATIONS_PREFIX
