@@ -550,3 +550,62 @@ def test_presets():
     assert MoAIConfig.preset("tiny", mode="step1").mode == "step1"
     with pytest.raises(KeyError):
         MoAIConfig.preset("nope")
+
+
+# 7 --- what the signs benchmark needs (issue 12) -----------------------------------------------------
+
+
+def test_train_llm_trains_the_embedding_table_it_saves():
+    """embed_tokens once ran under no_grad, so train_llm saved the table as trainable but never trained it."""
+    m = tiny(train_llm=True).train()
+    m.forward_batch(collate(items3())).loss.backward()
+    table = m.llm.get_input_embeddings().weight
+    assert table.requires_grad and table.grad is not None and table.grad.abs().sum() > 0
+    assert "llm.model.embed_tokens.weight" in m.state_dict_trainable()
+
+
+def test_freeze_embeddings_keeps_tied_input_and_output_embeddings_frozen():
+    with pytest.raises(ValueError, match="train_llm"):
+        tiny(freeze_embeddings=True)
+    m = tiny(train_llm=True, freeze_embeddings=True, tiny_llm={"tie_word_embeddings": True}).train()
+    assert m.llm.get_input_embeddings().weight is m.llm.get_output_embeddings().weight  # tied
+    m.forward_batch(collate(items3())).loss.backward()
+    assert m.llm.get_input_embeddings().weight.grad is None
+    assert all(p.grad is not None for p in m.llm.model.layers.parameters())
+    state = m.state_dict_trainable()
+    assert not any("embed_tokens" in k or "lm_head" in k for k in state)
+    from trainer.model import backbone_fingerprints
+
+    again = tiny(train_llm=True, freeze_embeddings=True, tiny_llm={"tie_word_embeddings": True})
+    assert backbone_fingerprints(again)["llm_frozen"] == backbone_fingerprints(m)["llm_frozen"]
+    again.load_trainable(state)  # the frozen table is rebuilt from the seed, the rest loads
+    m.eval(), again.eval()
+    batch = collate(items3())
+    torch.testing.assert_close(again.forward_batch(batch).logits, m.forward_batch(batch).logits)
+
+
+def test_step1_steps_roll_dice_first_then_gate():
+    m = tiny(mode="step2", step1_steps=3)
+    assert all(c != (None, None) for c in m._roll_dice(0).values())
+    assert m._roll_dice(2) == tiny(mode="step1")._roll_dice(2)  # MoAI's step 1, the same dice
+    assert m._roll_dice(3) == {} and m._roll_dice(None) == {}  # then (and at inference) the gates
+
+
+def test_sparse_head_loss_equals_the_full_logits_loss_for_uneven_answers(model):
+    items = [sample(2, 1, 3, 0), sample(12, 5, 3, 1), sample(6, 2, 3, 2)]  # answers at different columns
+    batch = collate(items)
+    full = model.forward_batch(batch, return_logits=True)
+    sparse = model.forward_batch(batch, return_logits=False)
+    torch.testing.assert_close(sparse.lm_loss, full.lm_loss)
+
+
+def test_panoptic_map_tokens_reach_the_compressor(model):
+    batch = collate(items3())
+    without = model.forward_batch(batch).logits
+    maps = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with_map = model.forward_batch({**batch, "aux_pixel_values": maps}).logits
+    assert not torch.allclose(with_map, without)
+    off = tiny(use_aux=False).eval()
+    assert torch.equal(
+        off.forward_batch({**batch, "aux_pixel_values": maps}).logits, off.forward_batch(batch).logits
+    )

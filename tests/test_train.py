@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -21,11 +22,13 @@ from trainer.export import (
     export_run,
     find_checkpoint,
     generate_answer,
+    generate_answers,
     load_checkpoint_model,
     load_data_config,
     load_exported,
     load_tokenizer,
 )
+from trainer.inputs import aux_map_image
 from trainer.model import MoAI, MoAIConfig
 from trainer.train import init_trainable, make_strategy, train
 
@@ -140,6 +143,7 @@ DDP_SCRIPT = """
 import json, sys
 from pathlib import Path
 import lightning.pytorch as pl
+import numpy as np
 from trainer.train import init_trainable, make_strategy, train
 
 class Record(pl.Callback):
@@ -242,21 +246,42 @@ def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
     with pytest.raises(RuntimeError, match="differs"):
         load_exported(out)
 
-    # generate_answer formats the question, image and aux text exactly as the training data does
+    # generate_answer formats the question, image, aux text and panoptic map exactly as training does
     tokenizer, row, item = load_tokenizer(out), data.train_set.rows[0], items[0]
     image = data.train_set.image_dirs[row["image_split"]] / row["file_name"]
+    assert "aux_pixel_values" in batch  # the sample profile segments: MoAI's map tokens are on (data.aux_map)
+    aux_map = aux_map_image(data.train_set.aux_maps.get(row["image_id"], []), dcfg.image_size)
     answer = generate_answer(
-        model, row["question"], image, row["aux_text"], tokenizer, dcfg, max_new_tokens=8
+        model, row["question"], image, row["aux_text"], tokenizer, dcfg, max_new_tokens=8, aux_map=aux_map
     )
     aux = {"aux_input_ids": torch.tensor([item["aux"]])} if item["aux"] else {}
     ids = model.generate(
         torch.tensor([item["prompt"]]),
         pixel_values=item["pixel_values"][None],
+        aux_pixel_values=item["aux_pixel_values"][None],
         max_new_tokens=8,
         eos_token_id=tokenizer.eos_token_id,
         **aux,
     )[0]
     assert isinstance(answer, str) and answer == tokenizer.decode(ids).strip()
+
+    # many at once (left-padded prompts, padded aux; one without aux text) = one at a time
+    rows = data.train_set.rows[:5]
+    batch_items = [
+        (
+            r["question"],
+            data.train_set.image_dirs[r["image_split"]] / r["file_name"],
+            r["aux_text"] if k != 2 else "",
+            aux_map_image(data.train_set.aux_maps.get(r["image_id"], []), dcfg.image_size)
+            if k != 2
+            else None,
+        )
+        for k, r in enumerate(rows)
+    ]
+    together = generate_answers(model, batch_items, tokenizer, dcfg, max_new_tokens=6, batch_size=4)
+    alone = [generate_answers(model, [i], tokenizer, dcfg, max_new_tokens=6)[0] for i in batch_items]
+    assert together == alone
+
     assert find_checkpoint(run_dir).name == "last.ckpt"
 
 
@@ -273,3 +298,105 @@ def test_strategy_from_yaml():
     }
     with pytest.raises(ValueError):
         make_strategy({"name": "deepspeed"})
+
+
+# --- prompt, answer and aux tokens (trainer/inputs.py) ----------------------------------------------
+
+
+def _chat_tokenizer():
+    """A small HF tokenizer with an instruct-style chat template (ChatML, as SmolLM2-Instruct's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from trainer.inputs import HFTokenizer
+
+    vocab = ["<unk>", "<|im_start|>", "<|im_end|>"] + [chr(c) for c in range(32, 127)] + ["\n"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")  # one token per character
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>"
+    )
+    fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return HFTokenizer(fast, "chatml-chars")
+
+
+def test_a_long_question_is_cut_never_the_assistant_marker():
+    from trainer.inputs import ByteTokenizer, format_prompt
+
+    tok = ByteTokenizer()
+    question = "What does the very long sign on the left say, and why?"
+    full = format_prompt(question, tok, 259, 96)
+    assert tok.decode(full) == f"USER: {question} ASSISTANT:" and full[:2] == [tok.bos_token_id, 259]
+    cut = format_prompt(question, tok, 259, 24)
+    assert len(cut) - 1 == 24 and tok.decode(cut).endswith(" ASSISTANT:")  # every token but <image>
+    assert tok.decode(cut) == "USER: What d ASSISTANT:"
+    with pytest.raises(ValueError, match="no room for the question"):
+        format_prompt(question, tok, 259, 16)
+
+
+def test_instruct_tokenizers_get_their_chat_template():
+    from trainer.inputs import answer_ids, format_prompt
+
+    tok = _chat_tokenizer()
+
+    def chars(ids):
+        return "".join(tok.tokenizer.convert_ids_to_tokens([i for i in ids if i >= 0]))
+
+    prompt = format_prompt("How many signs?", tok, -200, 96)
+    assert chars(prompt) == "<|im_start|>user\n\nHow many signs?<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt[:5] == [tok.bos_token_id, *tok.encode("user")] and prompt.count(-200) == 1
+    assert prompt[prompt.index(-200) - 1] == tok.encode("\n")[0]  # <image> opens the user turn
+    cut = format_prompt("How many signs?", tok, -200, 30)
+    assert chars(cut).endswith("s<|im_end|>\n<|im_start|>assistant\n") and len(cut) == 31
+    plain = format_prompt("How many signs?", tok, -200, 96, prompt_format="plain")
+    assert chars(plain) == "<|im_start|>USER: How many signs? ASSISTANT:"
+    # the answer follows the template's "assistant\n" without a leading space, then EOS (<|im_end|>)
+    assert answer_ids("3", tok, 8) == tok.encode("3") + [tok.eos_token_id]
+    assert answer_ids("3", tok, 8, "plain") == tok.encode(" 3") + [tok.eos_token_id]
+
+
+def test_an_answer_cut_at_max_answer_tokens_gets_no_eos():
+    from trainer.inputs import ByteTokenizer, answer_ids
+
+    tok = ByteTokenizer()
+    assert answer_ids("yes", tok, 8) == tok.encode(" yes") + [tok.eos_token_id]
+    assert answer_ids("a long sentence", tok, 8) == tok.encode(" a long ")  # no EOS mid-sentence
+    assert answer_ids("1234567", tok, 8) == tok.encode(" 1234567") + [tok.eos_token_id]  # fits exactly
+
+
+def test_aux_tokens_are_budgeted_per_sentence_so_ocr_survives():
+    from trainer.inputs import ByteTokenizer, aux_ids, budget
+    from verbalize.moai import OBJECTS_PREFIX, TEXT_PREFIX
+
+    assert budget([5, 100, 50], 60) == [5, 28, 27] and budget([5, 10], 100) == [5, 10]
+    assert sum(budget([30, 30, 30], 61)) == 61
+    tok = ByteTokenizer()
+    objects = OBJECTS_PREFIX + ", and ".join(f"[0.{i}0, 0.10, 0.20, 0.30] thing{i}" for i in range(9)) + "."
+    ocr = TEXT_PREFIX + "STOP, and EXIT."
+    text = f"{objects} {ocr}"
+    assert aux_ids(text, tok, 10_000) == tok.encode(text)  # fits: exactly the whole text's ids
+    ids = aux_ids(text, tok, 120)
+    assert len(ids) == 120 and tok.decode(ids).endswith(ocr)  # OCR (short) kept whole, objects cut
+    assert tok.decode(tok.encode(text)[:120]).count("STOP") == 0  # cutting from the end loses it
+    assert aux_ids(text, tok, 120, ids=tok.encode(text)) == ids  # the aux_tokens cache gives the same
+
+
+def test_panoptic_map_image_uses_the_pascal_colours_at_0_to_255():
+    from annotators.masks import encode_rle
+    from trainer.inputs import aux_map_image, pascal_colormap
+
+    cmap = pascal_colormap()
+    assert (
+        cmap[0].tolist() == [0, 0, 0] and cmap[1].tolist() == [128, 0, 0] and cmap[2].tolist() == [0, 128, 0]
+    )
+    mask = np.zeros((40, 80), bool)
+    mask[:, 40:] = True
+    records = [{"segment_id": 1, "rle": encode_rle(mask)}]
+    image = aux_map_image(records, 16)
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+    assert image[:, :8].max() == 0 and (image[:, 8:] == [128, 0, 0]).all()
+    assert not aux_map_image([], 16).any()

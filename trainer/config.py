@@ -10,7 +10,7 @@ from typing import Any
 
 from core.config import above, at_least, between, check_mapping, fields_of, one_of, read_yaml, shown, typed
 from core.paths import config_file
-from trainer.inputs import DataConfig
+from trainer.inputs import PROMPT_FORMATS, DataConfig
 from trainer.model import AUX_ENCODERS, MODES, PRESETS, MoAIConfig
 
 SECTIONS = ("model", "data", "optim", "trainer", "run")
@@ -54,6 +54,7 @@ MODEL_CHECKS = {
     "gate_top_k": between(0, 3),  # of the 3 experts per side; 0: dense
     "image_size": at_least(1),
     "aux_positions": at_least(0),
+    "step1_steps": at_least(0),
     "balance_loss_coef": at_least(0),
     **dict.fromkeys(
         (
@@ -70,6 +71,7 @@ MODEL_CHECKS = {
     ),
 }
 DATA_CHECKS = {
+    "prompt_format": one_of(*PROMPT_FORMATS),
     "num_workers": at_least(0),
     "image_cache": at_least(0),
     **dict.fromkeys(

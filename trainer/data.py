@@ -20,7 +20,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from corpora.resolve import resolve_corpus
-from trainer.inputs import IGNORE, ByteTokenizer, DataConfig, format_prompt, image_tensor, load_image
+from trainer.inputs import (
+    IGNORE,
+    ByteTokenizer,
+    DataConfig,
+    answer_ids,
+    aux_ids,
+    aux_map_image,
+    format_prompt,
+    image_tensor,
+    load_image,
+)
 from warehouse.current import current_rows_sql
 from warehouse.store import Warehouse
 
@@ -55,6 +65,16 @@ def load_examples(
     return wh.query(sql, aux_params + params)
 
 
+def aux_maps(wh: Warehouse, dataset: str) -> dict[int, list] | None:
+    """image_id → its current segmentation records, for MoAI's panoptic-map tokens (`data.aux_map`);
+    None when the dataset has no segmentation at all (e.g. an OCR-only profile): then no map is fed."""
+    from warehouse.current import current_configs, current_records
+
+    if not current_configs(wh, dataset, "segmentation"):
+        return None
+    return current_records(wh, dataset, "segmentation")
+
+
 class InstructionDataset(Dataset):
     """Map-style: index → tokenized prompt/answer, aux tokens and the image tensor (or, with a
     `vision_features` cache, the image's frozen features). `aux_tokens` / `vision_features` are the
@@ -69,8 +89,12 @@ class InstructionDataset(Dataset):
         image_dirs: dict,
         aux_tokens=None,
         vision_features=None,
+        aux_maps: dict | None = None,
     ):
+        """`aux_maps`: image_id → segmentation records, whose painted map goes to the compressor as image
+        tokens (MoAI's panoptic map; an image without records gets a void map). None: no maps."""
         self.rows = examples.to_pylist()
+        self.aux_maps = aux_maps
         self.tokenizer, self.cfg, self.image_dirs = tokenizer, cfg, image_dirs
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         self.aux_tokens, self.vision_features = aux_tokens, vision_features
@@ -97,13 +121,18 @@ class InstructionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         row, tok, cfg = self.rows[index], self.tokenizer, self.cfg
         # the image placeholder follows BOS; the model expands it to the image's patch embeddings
-        prompt = format_prompt(row["question"], tok, cfg.image_token_id, cfg.max_prompt_tokens)
-        answer = tok.encode(" " + row["answer"])[: cfg.max_answer_tokens] + [tok.eos_token_id]
-        aux = self._aux(row)[: cfg.max_aux_tokens] if cfg.use_aux else []
+        prompt = format_prompt(
+            row["question"], tok, cfg.image_token_id, cfg.max_prompt_tokens, cfg.prompt_format
+        )
+        answer = answer_ids(row["answer"], tok, cfg.max_answer_tokens, cfg.prompt_format)
+        aux = self._aux(row) if cfg.use_aux else []
         if self.vision_features is not None:
             image = {"image_features": self.vision_features.get(row)}
         else:
             image = {"pixel_values": self._image(row)}
+        if self.aux_maps is not None and cfg.use_aux:
+            array = aux_map_image(self.aux_maps.get(row["image_id"], []), cfg.image_size)
+            image["aux_pixel_values"] = image_tensor(array, cfg.image_mean, cfg.image_std)
         return {
             "index": index,
             "prompt": prompt,
@@ -115,9 +144,11 @@ class InstructionDataset(Dataset):
         }
 
     def _aux(self, row) -> list[int]:
+        """The aux text's ids within max_aux_tokens, budgeted per sentence (inputs.aux_ids)."""
+        cached = None
         if self.aux_tokens is not None and row["aux_text"]:  # no aux text: nothing to look up
-            return self.aux_tokens.get(row)
-        return self.tokenizer.encode(row["aux_text"])
+            cached = self.aux_tokens.get(row)
+        return aux_ids(row["aux_text"], self.tokenizer, self.cfg.max_aux_tokens, cached)
 
 
 def collate(items: list[dict], pad_id: int) -> dict:
@@ -130,7 +161,7 @@ def collate(items: list[dict], pad_id: int) -> dict:
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE, dtype=torch.long)
     attention_mask = torch.zeros((B, T), dtype=torch.long)
-    aux_ids = torch.full((B, A), pad_id, dtype=torch.long)
+    aux_input = torch.full((B, A), pad_id, dtype=torch.long)
     aux_mask = torch.zeros((B, A), dtype=torch.long)
     for b, item in enumerate(items):
         seq = item["prompt"] + item["answer"]
@@ -138,16 +169,18 @@ def collate(items: list[dict], pad_id: int) -> dict:
         attention_mask[b, : len(seq)] = 1
         labels[b, len(item["prompt"]) : len(seq)] = torch.tensor(item["answer"])
         if item["aux"]:
-            aux_ids[b, : len(item["aux"])] = torch.tensor(item["aux"])
+            aux_input[b, : len(item["aux"])] = torch.tensor(item["aux"])
             aux_mask[b, : len(item["aux"])] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
-        "aux_input_ids": aux_ids,
+        "aux_input_ids": aux_input,
         "aux_attention_mask": aux_mask,
         **{
-            k: torch.stack([i[k] for i in items]) for k in ("pixel_values", "image_features") if k in items[0]
+            k: torch.stack([i[k] for i in items])
+            for k in ("pixel_values", "image_features", "aux_pixel_values")
+            if k in items[0]
         },
         "prompt_lengths": torch.tensor([len(i["prompt"]) for i in items]),
         "index": torch.tensor([i["index"] for i in items]),
@@ -239,10 +272,13 @@ class _WarehouseData:
         corpus = resolve_corpus(self.cfg.dataset)
         image_dirs = {s: corpus.image_dir(s) for s in corpus.splits}
         caches = self._caches(wh)
+        maps = aux_maps(wh, self.cfg.dataset) if self.cfg.aux_map and self.cfg.use_aux else None
 
         def split_set(splits: list[str] | None) -> InstructionDataset:
             examples = load_examples(wh, self.cfg.dataset, splits)
-            return InstructionDataset(examples, corpus.root, self.tokenizer, self.cfg, image_dirs, **caches)
+            return InstructionDataset(
+                examples, corpus.root, self.tokenizer, self.cfg, image_dirs, **caches, aux_maps=maps
+            )
 
         self.train_set = split_set(self.cfg.train_splits)
         if len(self.train_set) == 0:

@@ -63,9 +63,17 @@ def evaluate(
     per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     predictions = []
     start = time.perf_counter()
-    for row in examples:
-        path = corpus.image_dir(row["image_split"]) / row["file_name"]
-        prediction = answer_fn(row["question"], path, row["aux_text"] if use_aux else "")
+    items = [
+        (
+            row["question"],
+            corpus.image_dir(row["image_split"]) / row["file_name"],
+            row["aux_text"] if use_aux else "",
+        )
+        for row in examples
+    ]
+    batch = getattr(answer_fn, "batch", None)  # a model's answer function also answers many at once
+    answers = batch(items) if batch is not None else [answer_fn(*item) for item in items]
+    for row, prediction in zip(examples, answers, strict=True):
         correct = is_correct(prediction, row["answer"])
         per_type[row["type"]][0] += correct
         per_type[row["type"]][1] += 1
@@ -99,7 +107,13 @@ def evaluate(
 def model_answer_fn(model_dir: str | Path) -> AnswerFn:
     """Greedy answers from a folder written by `moai export-model`."""
     from core.errors import UserError
-    from trainer.export import generate_answer, load_data_config, load_exported, load_tokenizer
+    from trainer.export import (
+        generate_answer,
+        generate_answers,
+        load_data_config,
+        load_exported,
+        load_tokenizer,
+    )
 
     if not Path(model_dir, "export.json").is_file():
         raise UserError(
@@ -114,9 +128,30 @@ def model_answer_fn(model_dir: str | Path) -> AnswerFn:
     )
     model.eval()
 
+    images: dict = {}
+
     def answer(question: str, image: Path, aux_text: str) -> str:
         return generate_answer(model, question, image, aux_text, tokenizer, data_cfg)
 
+    def batch(items: list[tuple[str, Path, str]]) -> list[str]:
+        return generate_answers(model, items, tokenizer, data_cfg, images=images)
+
+    answer.batch = batch
+    if data_cfg.aux_map and model.config.use_aux:
+        loaded: dict = {}
+
+        def aux_maps(warehouse, dataset: str, image_id: int):
+            """The image's panoptic-map image, or None when the dataset has no segmentation."""
+            from trainer.data import aux_maps as load_maps
+            from trainer.inputs import aux_map_image
+
+            key = (str(warehouse), dataset)
+            if key not in loaded:
+                loaded[key] = load_maps(Warehouse(warehouse), dataset)
+            maps = loaded[key]
+            return None if maps is None else aux_map_image(maps.get(image_id, []), data_cfg.image_size)
+
+        answer.aux_maps = aux_maps
     return answer
 
 

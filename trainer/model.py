@@ -111,6 +111,14 @@ class MoAIConfig:
     # Also train the LLM (not MoAI, whose LLM is frozen). Only for the tiny random-init LLMs, where there
     # is no pretrained knowledge to protect and a frozen random network has no language to offer.
     train_llm: bool = False
+    # With train_llm: keep the LLM's input and output embeddings frozen (tie them with
+    # tiny_llm: {tie_word_embeddings: true}). A word that occurs only in test answers then keeps the
+    # same vector in the aux text and in the output head, so copying it stays possible; trained, only
+    # the words seen in training answers would move.
+    freeze_embeddings: bool = False
+    # MoAI's step 1 (one random expert per side and layer) for the first `step1_steps` optimizer steps of
+    # a step2 run, then its step 2 (gated): both steps in one run (MoAI trained them as two runs).
+    step1_steps: int = 0
     freeze_experts: bool = False  # a step-2 variant that trains only gates and compressor
     seed: int = 0  # random init (tiny backbones and trained modules) and the step-1 dice
     bf16: bool = False  # frozen backbone weights in bfloat16; trained modules stay float32
@@ -569,6 +577,10 @@ class MoAI(nn.Module):
         super().__init__()
         if config.train_llm and config.llm not in TINY_LLMS:
             raise ValueError("train_llm is only for the tiny random-init LLMs; MoAI keeps a real LLM frozen")
+        if config.freeze_embeddings and not config.train_llm:
+            raise ValueError(
+                "freeze_embeddings only means something with train_llm (the LLM is frozen anyway)"
+            )
         if config.aux_encoder not in AUX_ENCODERS:
             raise ValueError(f"aux_encoder must be one of {AUX_ENCODERS}, not {config.aux_encoder!r}")
         if config.mode not in MODES:
@@ -618,6 +630,9 @@ class MoAI(nn.Module):
             mixer.gate_lang.requires_grad_(True)
         self.projector.requires_grad_(cfg.train_projector)
         self.llm.requires_grad_(cfg.train_llm)
+        if cfg.freeze_embeddings:
+            self.llm.get_input_embeddings().requires_grad_(False)
+            self.llm.get_output_embeddings().requires_grad_(False)
 
     def train(self, mode: bool = True) -> MoAI:
         """Frozen parts stay in eval mode, except that Hugging Face checkpoints a layer only in training mode."""
@@ -697,8 +712,9 @@ class MoAI(nn.Module):
         return embeds.to(self.llm.dtype)
 
     def embed_tokens(self, ids: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.llm.get_input_embeddings()(ids)
+        """Word embeddings (of the prompt, the answer and the aux text). Gradients reach the table exactly
+        when it is trained (`train_llm` without `freeze_embeddings`); frozen, autograd skips it anyway."""
+        return self.llm.get_input_embeddings()(ids)
 
     def encode_aux_text(self, ids: Tensor, mask: Tensor) -> Tensor:
         """B×A aux token ids → B×A×D vectors, as `config.aux_encoder` says (see MoAIConfig)."""
@@ -831,7 +847,9 @@ class MoAI(nn.Module):
     def _roll_dice(self, step: int | None) -> dict[int, tuple[int | None, int | None]]:
         """Step 1: one expert per side and mixer layer, the same for every token (MoAI's rolling dice).
         With `step` the pick is a pure function of (seed, step): reproducible on resume and on every rank."""
-        if self.config.mode != "step1":
+        if self.config.mode != "step1" and not (
+            self.config.mode == "step2" and step is not None and step < self.config.step1_steps
+        ):
             return {}
         generator = (
             self.dice if step is None else torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
@@ -840,13 +858,21 @@ class MoAI(nn.Module):
         return {layer: (img, lang) for layer, (img, lang) in zip(self.mixer_layers, rolls, strict=True)}
 
     def _run_llm(
-        self, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, ctx: MixerContext | None, **kwargs
+        self,
+        embeds: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor,
+        ctx: MixerContext | None,
+        decoder_only: bool = False,
+        **kwargs,
     ):
+        """The LLM (its decoder alone with `decoder_only`: last hidden states, no logits) with the mixer."""
         if ctx is not None:
             kwargs[CTX_KWARG] = ctx
         self._active_ctx = ctx
         try:
-            out = self.llm(
+            llm = self.llm.get_decoder() if decoder_only else self.llm
+            out = llm(
                 inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
             )
         finally:
@@ -902,15 +928,26 @@ class MoAI(nn.Module):
             )
         labels = inputs.labels
         kwargs = {}
-        if not return_logits and labels is not None:  # positions t whose target t+1 is an answer token
-            keep = (labels[:, 1:] != IGNORE).any(0).nonzero()[:, 0]
-            kwargs["logits_to_keep"] = keep
-        out = self._run_llm(inputs.embeds, inputs.attention_mask, inputs.position_ids, ctx, **kwargs)
-        lm_loss = None
-        if labels is not None:
-            targets = labels[:, kwargs["logits_to_keep"] + 1] if kwargs else labels[:, 1:]
-            logits = out.logits if kwargs else out.logits[:, :-1]
-            lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        sparse = not return_logits and labels is not None
+        if sparse and self._plain_lm_head:  # the head only where row b's next token t+1 is an answer token
+            out = self._run_llm(
+                inputs.embeds, inputs.attention_mask, inputs.position_ids, ctx, decoder_only=True
+            )
+            where = labels[:, 1:] != IGNORE  # B×(T-1)
+            logits = self.llm.get_output_embeddings()(out.last_hidden_state[:, :-1][where])
+            lm_loss = F.cross_entropy(logits.float(), labels[:, 1:][where])
+        else:
+            if sparse:  # positions t whose target t+1 is an answer token in any row
+                keep = (labels[:, 1:] != IGNORE).any(0).nonzero()[:, 0]
+                kwargs["logits_to_keep"] = keep
+            out = self._run_llm(inputs.embeds, inputs.attention_mask, inputs.position_ids, ctx, **kwargs)
+            lm_loss = None
+            if labels is not None:
+                targets = labels[:, kwargs["logits_to_keep"] + 1] if kwargs else labels[:, 1:]
+                logits = out.logits if kwargs else out.logits[:, :-1]
+                lm_loss = F.cross_entropy(
+                    logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE
+                )
         gate_stats = balance = None
         if ctx is not None and self.mixer_layers:
             outcomes = [ctx.outcomes[i] for i in self.mixer_layers]
@@ -921,6 +958,19 @@ class MoAI(nn.Module):
         if loss is not None and balance is not None:
             loss = loss + self.config.balance_loss_coef * balance
         return MoAIOutput(loss, lm_loss, balance, out.logits if return_logits else None, gate_stats, inputs)
+
+    @property
+    def _plain_lm_head(self) -> bool:
+        """Whether logits are exactly lm_head(the decoder's last hidden state), with nothing after it
+        (no soft-capping or logit scale), so the head may run on the answer positions alone."""
+        config = self.llm.config
+        return (
+            getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None
+            and not hasattr(self.llm, "logit_scale")
+            and hasattr(self.llm, "get_decoder")
+            and self.llm.get_decoder() is not None
+        )
 
     def forward_batch(self, batch: dict, **kwargs) -> MoAIOutput:
         """`forward` on a data-pipeline batch dict; keys other than BATCH_KEYS (indices, texts) are ignored."""
@@ -1032,18 +1082,23 @@ class MoAI(nn.Module):
 
 def backbone_fingerprints(model: MoAI) -> dict[str, str]:
     """SHA-256 of the weights of the parts built from config and seed (tiny random LLM / vision tower)
-    that stay frozen; a trained tiny LLM (`train_llm`) travels in the export's weights instead."""
-    parts = {}
-    if model.config.llm in TINY_LLMS and not model.config.train_llm:
-        parts["llm"] = model.llm
+    that stay frozen; a trained tiny LLM (`train_llm`) travels in the export's weights instead, except
+    for what stays frozen in it (`freeze_embeddings`), which is rebuilt and fingerprinted."""
+    out = {}
+    if model.config.llm in TINY_LLMS:
+        frozen = {n: p for n, p in model.llm.named_parameters() if not p.requires_grad}
+        if not model.config.train_llm:
+            out["llm"] = _fingerprint(model.llm.state_dict())
+        elif frozen:
+            out["llm_frozen"] = _fingerprint(frozen)
     if model.config.vision in TINY_VISIONS:
-        parts["vision"] = model.vision
-    return {name: _fingerprint(module) for name, module in parts.items()}
+        out["vision"] = _fingerprint(model.vision.state_dict())
+    return out
 
 
-def _fingerprint(module: nn.Module) -> str:
+def _fingerprint(state: dict[str, Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

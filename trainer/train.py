@@ -151,7 +151,9 @@ def trainer_arguments(cfg: dict, mcfg: MoAIConfig, dcfg: DataConfig) -> dict[str
     }
     if not dcfg.val_splits:
         args.setdefault("limit_val_batches", 0)  # no val split: skip the validation loop entirely
-    args["strategy"] = make_strategy(args.get("strategy", "auto"), step1=mcfg.mode == "step1")
+    args["strategy"] = make_strategy(
+        args.get("strategy", "auto"), step1=mcfg.mode == "step1" or mcfg.step1_steps > 0
+    )
     return args
 
 
