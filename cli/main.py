@@ -110,7 +110,7 @@ def export_coco(a) -> int:
     from warehouse.export import export_coco
     from warehouse.store import Warehouse
 
-    counts = export_coco(Warehouse(a.warehouse), a.dataset, Path(a.out))
+    counts = export_coco(Warehouse(a.warehouse), a.dataset, Path(a.out), unlabeled=a.unlabeled)
     print(" ".join(f"{k}={v}" for k, v in counts.items()), f"-> {a.out}")
     return 0
 
@@ -227,6 +227,11 @@ def _viz_args(p) -> None:
 def _export_coco_args(p) -> None:
     _dataset(p)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--unlabeled", choices=("void", "stuff"), default="void",
+        help="panoptic export of SAM regions no detector labeled: void pixels (default), or one stuff "
+        "segment per image of category 201 'unlabeled' (panopticapi's PQ then has a stuff row)",
+    )  # fmt: skip
     _warehouse(p)
 
 

@@ -72,8 +72,10 @@ def test_export_loads_in_pycocotools_and_evaluates(real_run):
     assert counts["images"] == 4 and counts["instances"] >= 4 and counts["detections"] > 0
 
     gt = COCO(str(out / "instances.json"))
+    gt.info()  # instances carry `info` and `licenses`
     ann = gt.loadAnns(gt.getAnnIds())[0]
-    assert gt.annToMask(ann).sum() == ann["area"]
+    assert gt.annToMask(ann).sum() == ann["area"] and "score" not in ann
+    assert len(gt.loadRes(str(out / "segmentations.json")).getAnnIds()) == counts["instances"]
     dt = gt.loadRes(str(out / "detections.json"))
     evaluation = COCOeval(gt, dt, "bbox")
     evaluation.evaluate()
@@ -144,3 +146,119 @@ def test_export_follows_the_ledgers_newest_config_even_when_it_found_nothing(rea
             mp.setattr(viz_module, "render", capture)
             viz_module.viz("real", "coffee", tmp_path / "coffee.png", root)
         assert bool(drawn["detections"]) is expect_boxes and drawn["segments"]
+
+
+# ------------------------------------------------------------------------------ a hand-made warehouse
+DS = "2024-05-01"  # a name readers would take for a date
+H, W = 30, 40
+
+
+def _box_mask(x0, y0, x1, y1):
+    mask = np.zeros((H, W), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def small_warehouse(root) -> Warehouse:
+    """One 40x30 image: a person (segment 1) and two unlabeled regions (segments 2 and 3)."""
+    from annotators.masks import encode_rle
+    from annotators.registry import expert_spec
+    from warehouse.rows import done_row
+
+    wh = Warehouse(root)
+    base = {"dataset": DS, "image_id": 7, "run_id": "20260101T000000Z-aaaaaa"}
+    ident = {**base, "model": "m", "backend": "b", "weights_sha256": "random-init", "config_hash": "seg"}
+    masks = {1: _box_mask(5, 5, 15, 25), 2: _box_mask(20, 0, 40, 10), 3: _box_mask(25, 20, 35, 30)}
+    segments = []
+    for sid, mask in masks.items():
+        thing = sid == 1
+        ys, xs = np.nonzero(mask)
+        record = {
+            "segment_id": sid,
+            "label": "person" if thing else "unlabeled",
+            "category_id": 1 if thing else 0,
+            "isthing": thing,
+            "area": int(mask.sum()),
+            "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+            "rle": encode_rle(mask),
+            "score": 0.75,
+            "predicted_iou": 0.9,
+            "stability_score": 0.9,
+        }
+        segments.append({**ident, **expert_spec("segmentation").to_columns(sid - 1, record)})
+    image = {"split": "default", "file_name": "x.jpg", "width": W, "height": H, "source_mode": "RGB"}
+    wh.commit(
+        {
+            "images": [{**base, **image, "exif_rotated": False, "frames": 1}],
+            "segments": segments,
+            "done": [
+                done_row(base, "decode", "decode-v1", "ok", 1),
+                done_row(base, "segmentation", "seg", "ok", 3),
+            ],
+        }
+    )
+    return wh
+
+
+def _ids(png_path):
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png_path).convert("RGB"), dtype=np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
+
+
+def test_instances_have_info_and_no_scores_and_segment_scores_are_results(tmp_path):
+    wh = small_warehouse(tmp_path / "wh")
+    export_coco(wh, DS, tmp_path / "out")
+    instances = json.loads((tmp_path / "out" / "instances.json").read_text())
+    assert {"info", "licenses", "images", "annotations", "categories"} <= set(instances)
+    assert DS in instances["info"]["description"] and instances["licenses"] == []
+    assert [a["category_id"] for a in instances["annotations"]] == [1]
+    assert "score" not in instances["annotations"][0]
+    results = json.loads((tmp_path / "out" / "segmentations.json").read_text())
+    assert [(r["image_id"], r["category_id"], r["score"]) for r in results] == [(7, 1, 0.75)]
+    assert results[0]["segmentation"] == instances["annotations"][0]["segmentation"]
+
+
+def test_panoptic_unlabeled_regions_are_void_by_default_or_one_stuff_segment(tmp_path):
+    from warehouse.export import UNLABELED_STUFF
+
+    wh = small_warehouse(tmp_path / "wh")
+    counts = export_coco(wh, DS, tmp_path / "void")
+    doc = json.loads((tmp_path / "void" / "panoptic.json").read_text())
+    assert counts["panoptic_stuff_segments"] == 0 and {"info", "licenses"} <= set(doc)
+    assert all(c["isthing"] == 1 for c in doc["categories"])
+    [entry] = doc["annotations"]
+    assert [s["id"] for s in entry["segments_info"]] == [1]
+    ids = _ids(tmp_path / "void" / "panoptic" / entry["file_name"])
+    assert set(np.unique(ids)) == {0, 1} and (ids == 1).sum() == 200
+
+    counts = export_coco(wh, DS, tmp_path / "stuff", unlabeled="stuff")
+    doc = json.loads((tmp_path / "stuff" / "panoptic.json").read_text())
+    assert counts["panoptic_stuff_segments"] == 1
+    assert doc["categories"][-1] == UNLABELED_STUFF and UNLABELED_STUFF["id"] not in {
+        c["id"] for c in doc["categories"][:-1]
+    }
+    [entry] = doc["annotations"]
+    thing, stuff = entry["segments_info"]
+    assert thing["id"] == 1 and thing["category_id"] == 1
+    # both unlabeled regions are one segment (a stuff class is one segment per image in COCO panoptic)
+    assert stuff == {"id": 2, "category_id": 201, "iscrowd": 0, "bbox": [20.0, 0.0, 20.0, 30.0], "area": 300}
+    ids = _ids(tmp_path / "stuff" / "panoptic" / entry["file_name"])
+    assert set(np.unique(ids)) == {0, 1, 2}
+    assert (ids == 2).sum() == 300 and (ids == 1).sum() == 200
+
+
+def test_export_coco_command_takes_the_unlabeled_choice(tmp_path, capsys):
+    from cli.main import main
+
+    wh = small_warehouse(tmp_path / "wh")
+    args = ["export-coco", "--dataset", DS, "--warehouse", str(wh.root), "--out", str(tmp_path / "o")]
+    assert main([*args, "--unlabeled", "stuff"]) == 0
+    assert "panoptic_stuff_segments=1" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--unlabeled", "grass"])
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="unlabeled must be one of void, stuff"):
+        export_coco(wh, DS, tmp_path / "o", unlabeled="grass")

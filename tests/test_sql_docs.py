@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from warehouse.schema import TABLES
 from warehouse.sql import read_only_connection, run_query
 from warehouse.store import Warehouse
 
@@ -450,3 +452,101 @@ def test_benchmark_aux_text_is_what_the_verbalizer_writes(monkeypatch):
         assert len(aux["text"]) == len(real.text)
         checked += 1
     assert checked > 90
+
+
+# ------------------------------------------------------------------------------ reading without the project
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), flags=re.S)
+
+
+def python_block(title: str) -> str:
+    found = [b for b in python_blocks() if b.splitlines()[0].startswith(f"# {title}")]
+    assert len(found) == 1, f"docs/sql.md has {len(found)} python blocks titled {title!r}"
+    return found[0]
+
+
+def _strip_dataset_columns(root: Path) -> None:
+    """The files as older versions wrote them: `dataset` only in the folder name."""
+    import pyarrow.parquet as pq
+
+    for rels in json.loads((root / "_manifest.json").read_text())["tables"].values():
+        for rel in rels:
+            table = pq.read_table(root / rel, partitioning=None)
+            pq.write_table(table.drop_columns(["dataset"]), root / rel)
+
+
+def _run_snippet(title: str, root: Path) -> dict:
+    """Run a docs snippet as a reader would, on `root` instead of outputs/warehouse; its variables."""
+    code = python_block(title)
+    assert (
+        'Path("outputs/warehouse")' in code
+        and "import warehouse" not in code
+        and "from warehouse" not in code
+    )
+    scope: dict = {}
+    exec(compile(code.replace('Path("outputs/warehouse")', f"Path({str(root)!r})"), title, "exec"), scope)
+    return scope
+
+
+@pytest.fixture(scope="module", params=["current", "old"])
+def odd_named(request, tmp_path_factory):
+    """The docs warehouse with its rows moved to dataset '2017' (a name readers type as a number), as
+    written now and as older versions wrote it (no `dataset` column in the files)."""
+    wh = build_warehouse(tmp_path_factory.mktemp("docs-wh"))
+    copy = Warehouse(tmp_path_factory.mktemp(f"odd-{request.param}"))
+    for table in ("images", "detections", "done"):
+        rows = wh.query(f"SELECT * EXCLUDE (dataset), '2017' AS dataset FROM {table}")
+        copy.commit({table: rows.select(TABLES[table].names)})
+    if request.param == "old":
+        _strip_dataset_columns(copy.root)
+    return copy
+
+
+def _expected_detections(wh: Warehouse) -> list[tuple]:
+    rows = wh.query("SELECT dataset, label, count(*) AS n FROM detections GROUP BY ALL ORDER BY ALL")
+    return [tuple(r.values()) for r in rows.to_pylist()]
+
+
+def test_docs_read_the_manifest_with_pyarrow(odd_named):
+    scope = _run_snippet("pyarrow", odd_named.root)
+    table, frame = scope["detections"], scope["frame"]
+    assert str(table.schema.field("dataset").type) == "string"
+    pairs = zip(table.column("dataset").to_pylist(), table.column("label").to_pylist(), strict=True)
+    got = sorted(Counter(pairs).items())
+    assert [(d, label, n) for (d, label), n in got] == _expected_detections(odd_named)
+    assert frame["dataset"].tolist() == table.column("dataset").to_pylist()
+
+
+def test_docs_read_the_manifest_with_duckdb(odd_named):
+    scope = _run_snippet("DuckDB", odd_named.root)
+    assert sorted(scope["per_class"]) == _expected_detections(odd_named)
+    con = scope["con"]
+    assert con.sql("SELECT DISTINCT typeof(dataset) FROM images").fetchall() == [("VARCHAR",)]
+    assert (
+        con.sql("SELECT count(*) FROM done WHERE dataset = '2017'").fetchall()[0][0]
+        == (odd_named.query("SELECT count(*) AS n FROM done").to_pylist()[0]["n"])
+    )
+
+
+def test_docs_read_the_manifest_with_polars(odd_named):
+    import polars as pl
+
+    frame = _run_snippet("polars", odd_named.root)["detections"]
+    assert frame.schema["dataset"] == pl.String
+    got = frame.group_by("dataset", "label").len().sort("dataset", "label").rows()
+    assert got == _expected_detections(odd_named)
+
+
+def test_docs_read_the_manifest_with_hugging_face_datasets(odd_named, monkeypatch, tmp_path):
+    import shutil
+
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    datasets.disable_progress_bars()
+    shutil.copytree(odd_named.root, tmp_path / "wh")
+    Warehouse(tmp_path / "wh").compact(min_files=1)  # what the snippet tells an older warehouse to do
+    ds = _run_snippet("Hugging Face datasets", tmp_path / "wh")["detections"]
+    got = sorted(Counter(zip(ds["dataset"], ds["label"], strict=True)).items())
+    assert [(d, label, n) for (d, label), n in got] == _expected_detections(odd_named)

@@ -1,12 +1,17 @@
 """`moai warehouse check` and `moai warehouse repair`: find what is wrong with a warehouse, and mend it
 without losing or doubling anything.
 
-check:  every file the manifest names exists and reads to its last row; files nobody accounts for;
-        the `done` ledger agrees with the rows (a finished key has its rows, every row has its key).
+check:  every file the manifest names exists and reads to its last row, and its `dataset` column (when
+        it has one: files written before it existed take the folder's) says the folder's name; files
+        nobody accounts for; the `done` ledger agrees with the rows (a finished key has its rows, every
+        row has its key).
 repair: (after confirmation) moves unreadable files to `_quarantine/` and out of the manifest, then
         makes the ledger agree with what is left: keys whose rows were lost are forgotten, so the next
         `moai annotate` redoes exactly those, and rows whose key is gone are dropped, so that redo
-        cannot double them. Rewritten partitions replace the old files in one manifest publish.
+        cannot double them. A table whose files' `dataset` column disagrees with their folder is
+        rewritten with the folder's name (the value every project reader has used). Rewritten files have
+        the table's columns, `dataset` included, like a commit's; they replace the old files in one
+        manifest publish.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ KEY = ("dataset", "image_id", "expert", "config_hash")
 @dataclass
 class Report:
     unreadable: dict[str, str] = field(default_factory=dict)  # manifest file -> why
+    mislabeled: dict[str, str] = field(default_factory=dict)  # file -> the other dataset names in it
     stray: list[str] = field(default_factory=list)  # files on disk nobody accounts for
     lost_rows: dict[str, int] = field(default_factory=dict)  # table -> finished keys missing rows
     orphan_rows: dict[str, int] = field(default_factory=dict)  # table -> rows with no ledger key
@@ -37,11 +43,15 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.unreadable or self.stray or self.lost_rows or self.orphan_rows)
+        return not (self.unreadable or self.mislabeled or self.stray or self.lost_rows or self.orphan_rows)
 
     def lines(self) -> list[str]:
         out = [f"{self.files} files, {self.rows} rows committed"]
         out += [f"unreadable: {rel}: {why}" for rel, why in self.unreadable.items()]
+        out += [
+            f"dataset column disagrees with the folder: {rel} holds rows of {names}"
+            for rel, names in self.mislabeled.items()
+        ]
         out += [f"not in the manifest (quarantined at the next write): {rel}" for rel in self.stray]
         out += [f"ledger says done but rows are missing: {n} keys of {t}" for t, n in self.lost_rows.items()]
         out += [f"rows without a ledger key: {n} in {t}" for t, n in self.orphan_rows.items()]
@@ -60,6 +70,17 @@ def _read_error(path) -> str | None:
     except (OSError, pa.ArrowException) as err:
         return f"{type(err).__name__}: {str(err).splitlines()[0]}"
     return None
+
+
+def _foreign_datasets(path, rel: str) -> str | None:
+    """The dataset names in a readable file's `dataset` column other than its folder's, or None (a file
+    without the column, from before files carried it, takes the folder's name)."""
+    source = pq.ParquetFile(path)
+    if "dataset" not in source.schema_arrow.names:
+        return None
+    folder = rel.split("/dataset=", 1)[1].split("/", 1)[0]
+    names = set(source.read(columns=["dataset"]).column("dataset").unique().to_pylist()) - {folder}
+    return ", ".join(sorted(map(repr, names))) if names else None
 
 
 def _col(spec: str, alias: str) -> str:
@@ -97,6 +118,9 @@ def check(wh: Warehouse) -> Report:
                 report.unreadable[rel] = why
             else:
                 report.rows += pq.ParquetFile(wh.root / rel).metadata.num_rows
+                foreign = _foreign_datasets(wh.root / rel, rel)
+                if foreign:
+                    report.mislabeled[rel] = foreign
     named |= {r["file"] for r in manifest["retired"]}
     report.stray = [p.relative_to(wh.root).as_posix() for p in wh._unaccounted_files(named)]
     if report.unreadable:
@@ -131,12 +155,13 @@ def repair(wh: Warehouse) -> Report:
                 if (wh.root / rel).is_file():
                     (quarantine / rel).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(wh.root / rel, quarantine / rel)
-        _agree_ledger_with_rows(wh)
+        _agree_ledger_with_rows(wh, relabel={rel.split("/", 1)[0] for rel in before.mislabeled})
     return before
 
 
-def _agree_ledger_with_rows(wh: Warehouse) -> None:
-    """Forget finished keys whose rows are gone, then drop rows whose key is gone; one publish."""
+def _agree_ledger_with_rows(wh: Warehouse, relabel: set[str] = frozenset()) -> None:
+    """Forget finished keys whose rows are gone, then drop rows whose key is gone, and rewrite the
+    `relabel` tables (their `dataset` column from the folder names, as the views read it); one publish."""
     con = wh.connect()
     try:
         # an error row's key never has an 'ok' ledger row, so `errors` can lose nothing the ledger needs
@@ -161,6 +186,8 @@ def _agree_ledger_with_rows(wh: Warehouse) -> None:
                 != con.sql(f"SELECT count(*) FROM {table}").fetchall()[0][0]
             ):
                 rewrites[table] = keep
+        for table in relabel:
+            rewrites.setdefault(table, f"SELECT * FROM {table}")
         if not rewrites:
             return
         manifest = wh.manifest()
@@ -172,7 +199,7 @@ def _agree_ledger_with_rows(wh: Warehouse) -> None:
                 rel = f"{table}/dataset={dataset}/part-repair-{commit_id}.parquet"
                 (wh.root / "_staging" / rel).parent.mkdir(parents=True, exist_ok=True)
                 con.sql(
-                    f"COPY (SELECT * EXCLUDE (dataset) FROM ({keep}) WHERE dataset = {_sql_str(dataset)}) "
+                    f"COPY (SELECT * FROM ({keep}) WHERE dataset = {_sql_str(dataset)}) "
                     f"TO {_sql_str(wh.root / '_staging' / rel)} (FORMAT parquet, COMPRESSION zstd)"
                 )
                 new.append(rel)

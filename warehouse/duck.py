@@ -38,14 +38,16 @@ def build_views(con, manifest: dict, root) -> list[str]:
         if not files:
             _typed_view(con, table, schema, "NULL", "WHERE false")
             continue
+        source = (
+            f"read_parquet([{', '.join(map(sql_literal, files))}], hive_partitioning = true, "
+            "union_by_name = true, hive_types = {'dataset': VARCHAR})"
+        )
         try:
-            # Binding reads every file's footer (union_by_name), so a bad file fails here. The
-            # dataset is a string even when a name looks like a number (hive would make it BIGINT).
-            con.execute(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet("
-                f"[{', '.join(map(sql_literal, files))}], hive_partitioning = true, "
-                "union_by_name = true, hive_types = {'dataset': VARCHAR})"
-            )
+            # Binding reads every file's footer (union_by_name), so a bad file fails here. `dataset` is
+            # a column of the files and the partition folder's name; the folder's value is the one read
+            # (it is also the one files written before the column existed have), always as a string,
+            # even where a name looks like a number or a date (`2017`, `2024-05-01`, `inf`).
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT {dataset_in_place(schema)} FROM {source}")
             readable += files
         except duckdb.Error as err:
             bad = _first_unreadable(con, files)
@@ -62,6 +64,15 @@ def build_views(con, manifest: dict, root) -> list[str]:
                 con, table, schema, "e", f"FROM (SELECT error({sql_literal(message)}) AS e) WHERE e IS NULL"
             )
     return readable
+
+
+def dataset_in_place(schema) -> str:
+    """A select list putting `dataset` at its place in the table schema, the other columns in the files'
+    order: DuckDB puts a hive column that files lack (older warehouses) last, and the union's order
+    follows the first file, so a plain `*` would order columns differently in old, new and mixed
+    warehouses. The columns before `dataset` in the schema (`runs.run_id`) are in every file."""
+    head = ", ".join(f'"{c}"' for c in schema.names[: schema.get_field_index("dataset") + 1])
+    return f"{head}, * EXCLUDE ({head})"
 
 
 def _typed_view(con, table: str, schema, value: str, rest: str) -> None:

@@ -3,7 +3,7 @@
 Layout (Hive partitions by table and dataset, never by image)::
 
     <root>/_manifest.json                          # the only source of truth for readers
-    <root>/<table>/dataset=<name>/part-<commit>.parquet
+    <root>/<table>/dataset=<name>/part-<commit>.parquet   # also a `dataset` string column inside
     <root>/_staging/<commit>/...                   # being written; never read
     <root>/_journal/<commit>.json                  # files a commit is about to place (crash recovery)
     <root>/_quarantine/<stamp>/...                 # files nobody could account for: kept, never read
@@ -331,9 +331,9 @@ class Warehouse:
             try:
                 for table, rows in data.items():
                     for dataset in sorted(set(rows.column("dataset").to_pylist())):
-                        part = rows.filter(pc.equal(rows.column("dataset"), dataset)).drop_columns(
-                            ["dataset"]
-                        )
+                        # the file keeps its `dataset` column (a string) beside the folder name: readers
+                        # that ignore hive folders keep it, and no reader can type it as a number or date
+                        part = rows.filter(pc.equal(rows.column("dataset"), dataset))
                         rel = f"{table}/dataset={dataset}/part-{commit_id}.parquet"
                         tmp = staging / rel
                         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -375,14 +375,16 @@ class Warehouse:
 
     def _merge_files(self, partition: str, rels: list[str], schema: pa.Schema, out: list[str]) -> None:
         """Stream the files' row groups into new staged files of at most ~TARGET_FILE_BYTES (memory: one
-        row group); their final names are appended to `out`."""
-        schema = schema.remove(schema.get_field_index("dataset"))  # the partition path carries it
+        row group); their final names are appended to `out`. Every merged file has the table's columns,
+        `dataset` included: files of warehouses written before the files carried it get it from the
+        partition folder (`partition` is `<table>/dataset=<name>`)."""
+        dataset = partition.split("/dataset=", 1)[1]
         writer, written = None, 0
         try:
             for r in rels:
                 source = pq.ParquetFile(self.root / r)
                 for i in range(source.num_row_groups):
-                    group = source.read_row_group(i).cast(schema)
+                    group = with_dataset_column(source.read_row_group(i), schema, dataset).cast(schema)
                     if writer is None or written >= TARGET_FILE_BYTES:
                         if writer is not None:
                             writer.close()
@@ -431,6 +433,15 @@ class Warehouse:
             shutil.rmtree(self.root / "_staging", ignore_errors=True)
             self._purge_retired_locked(manifest)
         return retired
+
+
+def with_dataset_column(rows: pa.Table, schema: pa.Schema, dataset: str) -> pa.Table:
+    """`rows` of a file in folder `dataset=<dataset>`, with its `dataset` column: a file written before
+    the files carried it gets the folder's name, at the column's place in `schema`."""
+    if "dataset" in rows.column_names:
+        return rows
+    values = pa.array([dataset] * rows.num_rows, type=pa.string())
+    return rows.add_column(schema.get_field_index("dataset"), "dataset", values)
 
 
 def _without(rows: pa.Table, taken: set, expert: str, chash: str) -> pa.Table:
