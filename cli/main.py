@@ -82,6 +82,9 @@ def warehouse(a) -> int:
     from warehouse.store import Warehouse
 
     wh = Warehouse(a.warehouse)
+    if a.action == "compact":  # also upgrades files written before they carried their dataset column
+        print(f"{wh.compact(min_files=1)} files merged into fewer; replaced files stay readable for an hour")
+        return 0
     report = check(wh)
     print("\n".join(report.lines()))
     if a.action == "check" or report.ok:
@@ -211,7 +214,7 @@ def _sql_args(p) -> None:
 
 
 def _warehouse_args(p) -> None:
-    p.add_argument("action", choices=["check", "repair"])
+    p.add_argument("action", choices=["check", "repair", "compact"])
     p.add_argument("--yes", action="store_true", help="repair without asking")
     _warehouse(p)
 
@@ -289,9 +292,11 @@ COMMANDS = [
     Command("annotate", "run the expert models over a corpus into the warehouse", _annotate_args, annotate),
     Command("verbalize", "write a new aux_text version from stored rows (no model runs)", _verbalize_args, verbalize),
     Command("sql", "query the warehouse: one statement, or an interactive read-only session", _sql_args, sql),
-    Command("warehouse", "check the warehouse's files and ledger, or repair them", _warehouse_args, warehouse),
+    Command("warehouse", "check the warehouse's files and ledger, repair them, or compact them", _warehouse_args,
+            warehouse),
     Command("viz", "draw one image's current records to a PNG", _viz_args, viz),
-    Command("export-coco", "write a dataset's current records as COCO files (instances, detections, panoptic)",
+    Command("export-coco", "write a dataset's current records as COCO files (instances, detections and "
+            "segmentations results, panoptic)",
             _export_coco_args, export_coco),
     Command("train", "train the MoAI Compressor and Mixer on the warehouse", _train_args, train),
     Command("cache", "fill the trainer's warehouse caches (aux token ids, frozen vision features)", _cache_args, cache),
