@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from core.paths import DEFAULT_WAREHOUSE
 from corpora.resolve import resolve_corpus
 from pipeline.annotate import run_annotation
 from pipeline.profiles import load_job, load_profile
@@ -45,7 +46,7 @@ def _endless(dm):
 
 def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Path("outputs/bench")) -> dict:
     torch.set_num_threads(1)
-    cfg = resolve_config("configs/train-tiny.yaml", {"data": {"warehouse": "outputs/warehouse"}})
+    cfg = resolve_config("configs/train-tiny.yaml", {"data": {"warehouse": str(DEFAULT_WAREHOUSE)}})
     wh = Warehouse(cfg["data"]["warehouse"])
     corpus = resolve_corpus("sample")
     profile = load_profile(profile_name)
