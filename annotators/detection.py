@@ -881,6 +881,9 @@ BACKEND_KEYS: dict[str, frozenset[str] | None] = {
 # Peak RSS of one worker on the sample at batch 2 (measured: onnx CenterNet 0.88 GiB, ultralytics
 # YOLO11n 0.99 GiB), plus a margin: Ray reserves it per actor so a node is not over-packed.
 MEMORY_MB = {"onnx": 1100, "ultralytics": 1250}
+# Model time per image with one thread (measured on the sample in Ray actors, 2-core machine): how the
+# job shares cores between experts when this warehouse has no history of them yet.
+COST_MS = {"onnx": 90, "ultralytics": 300}
 TABLE = "detections"
 COLUMNS = [
     ("det_index", pa.int32()),

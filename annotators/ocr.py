@@ -506,6 +506,7 @@ class PaddleOcrExpert(_OcrExpert):
 # (annotators/registry.py reads these: the config keys each backend reads, and the warehouse table)
 BACKEND_KEYS: dict[str, frozenset[str] | None] = dict.fromkeys(BACKENDS, frozenset(COMMON_KEYS))
 MEMORY_MB = {"rapidocr": 850, "rapidocr-onnxruntime": 850}  # measured peak 0.68 GiB in a Ray actor (PP-OCRv6)
+COST_MS = {"rapidocr": 900, "rapidocr-onnxruntime": 900}  # one thread per image, measured on the sample
 TABLE = "ocr"
 COLUMNS = [
     ("line_index", pa.int32()),

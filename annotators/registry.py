@@ -9,6 +9,7 @@ builder, its record type, and these module-level facts (see annotators/detection
     to_columns(index, record) -> dict  one record (as a dict) -> one table row
     from_columns(row) -> dict          and back
     MEMORY_MB (optional)               by backend: what one worker needs (Ray reserves it per actor)
+    COST_MS (optional)                 by backend: model ms per image with one thread (sizes actor pools)
 
 Rows are in dependency order: an expert comes after the experts it reads (`upstream`).
 """
@@ -54,6 +55,17 @@ class ExpertSpec:
         backend: measured peaks plus a margin); 0 when unknown."""
         table = getattr(self.module, "MEMORY_MB", {})
         return int(table.get(str(config.get("backend", self.default_backend)), 0))
+
+    def cost_ms(self, config: Mapping[str, Any]) -> float:
+        """Model time per image with one thread (its file's optional COST_MS, by backend; 1000 when
+        unknown): how a job shares cores between experts before this warehouse has their history."""
+        table = getattr(self.module, "COST_MS", {})
+        return float(table.get(str(config.get("backend", self.default_backend)), 1000))
+
+    def reads_threads(self, config: Mapping[str, Any]) -> bool:
+        """Whether this backend's config takes `threads` (its intra-op thread count)."""
+        keys = self.backend_keys.get(str(config.get("backend", self.default_backend)))
+        return keys is not None and "threads" in keys
 
     def to_columns(self, index: int, record: Mapping[str, Any]) -> dict[str, Any]:
         return self.module.to_columns(index, record)

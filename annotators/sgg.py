@@ -600,6 +600,7 @@ BACKEND_KEYS: dict[str, frozenset[str] | None] = {
     "plugin": None,
 }  # a plug-in reads its own
 MEMORY_MB = {"geometric": 250}  # measured peak 0.16 GiB in a Ray actor; a plug-in's need is unknown here
+COST_MS = {"geometric": 1}
 TABLE = "relations"
 COLUMNS = [
     ("subject_id", pa.int32()),

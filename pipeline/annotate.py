@@ -261,7 +261,7 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
             progress = Progress(len(plan.rows), list(profile.experts), stream=terminal)
             pending: dict[str, list[dict]] = {}
             n_pending = 0
-            for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, terminal)):
+            for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal)):
                 tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
                 if not row["decode_reason"]:
                     aux, done = aux_rows(
@@ -293,34 +293,59 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     return 0
 
 
-def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, terminal=sys.stderr):
+def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Warehouse, terminal=sys.stderr):
     """Finished rows from the chosen executor, for the experts this plan still needs."""
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
 
     needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
-    specs = [
-        StageSpec(
-            n,
-            profile.experts[n],
-            job.batch_size,
-            job.actors.get(n, 1),
-            0.25,
-            job.gpus.get(n, 0.0),
-            EXPERTS[n].memory_mb(profile.experts[n]),
-        )
-        for n in needed
-    ]
     if executor == "local":
+        specs = [StageSpec(n, profile.experts[n], job.batch_size) for n in needed]
         return run_local(plan.rows, specs, job.batch_size)
     if executor != "ray":
         raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
     import ray
 
     print(f"[annotate] executor: {init_ray()}", file=terminal)
-    if not ray.cluster_resources().get("GPU"):
-        for spec in specs:  # a GPU share asked of a cluster without GPUs would never be granted
-            spec.num_gpus = 0.0
+    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+    gpus = bool(ray.cluster_resources().get("GPU"))
+    pools = actor_pools(profile, needed, job, wh, cpus)
+    specs = []
+    for n in needed:
+        config = dict(profile.experts[n])
+        if EXPERTS[n].reads_threads(config) and "threads" not in config:
+            config["threads"] = 1  # one thread per actor; the cores go to more actors of the costly experts
+        share = (
+            job.gpus.get(n, 0.0) if gpus else 0.0
+        )  # a GPU share asked of a cluster without GPUs waits forever
+        specs.append(
+            StageSpec(n, config, job.batch_size, pools[n], 0.25, share, EXPERTS[n].memory_mb(config))
+        )
+    print(
+        "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
+        file=terminal,
+    )
     return run_ray(plan.rows, specs, job.batch_size)
+
+
+def actor_pools(
+    profile: Profile, needed: list[str], job: JobSpec, wh: Warehouse, cpus: int
+) -> dict[str, int]:
+    """Actors per expert: the job spec's number where it gives one; otherwise the cluster's CPUs shared
+    in proportion to each expert's model time per image (from this warehouse's runs of that config, or
+    its file's COST_MS), at least one each. With one thread per actor, the costly expert (SAM) gets
+    most cores and the cheap ones share what is left, so every core stays busy."""
+    from pipeline.estimate import expert_ms_from_history, run_history
+
+    hashes = plan_hashes(profile)
+    runs = run_history(wh)
+    cost = {}
+    for n in needed:
+        found = expert_ms_from_history(runs, n, profile.experts[n], hashes[n])
+        cost[n] = (
+            found[0] if found and found[1].endswith("same config") else EXPERTS[n].cost_ms(profile.experts[n])
+        )
+    total = sum(cost.values()) or 1.0
+    return {n: job.actors.get(n) or max(1, round(cpus * cost[n] / total)) for n in needed}
 
 
 def _random_init(row: dict, profile: Profile) -> bool:

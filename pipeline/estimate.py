@@ -91,7 +91,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _runs(wh) -> list[dict]:
+def run_history(wh) -> list[dict]:
     rows = wh.query(
         "SELECT started_at, finished_at, images_processed, counts_json, config_json FROM runs"
     ).to_pylist()
@@ -100,7 +100,7 @@ def _runs(wh) -> list[dict]:
     return rows
 
 
-def _from_history(runs: list[dict], name: str, config: dict, plan_hash: str) -> tuple[float, str] | None:
+def expert_ms_from_history(runs: list[dict], name: str, config: dict, plan_hash: str) -> tuple[float, str] | None:
     """Model ms per image of this expert from earlier runs: the same config first, then backend + model."""
     for tier, same in (
         ("same config", lambda c: c.get("plan_hashes", {}).get(name) == plan_hash),
@@ -195,9 +195,9 @@ def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: b
                    {n: ExpertCost(todo[n]) for n in profile.experts})  # fmt: skip
     if not plan.rows:
         return est
-    runs = _runs(wh)
+    runs = run_history(wh)
     for name, cost in est.experts.items():
-        found = _from_history(runs, name, profile.experts[name], hashes[name])
+        found = expert_ms_from_history(runs, name, profile.experts[name], hashes[name])
         if found:
             cost.ms_per_image, cost.source = found
     missing = [n for n, c in est.experts.items() if c.ms_per_image is None and c.todo]
