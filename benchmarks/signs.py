@@ -1,20 +1,36 @@
-"""`make signs-benchmark`: does verbalized expert knowledge make the model answer better? End to end.
+"""`make signs-benchmark`: does verbalized expert knowledge make the model answer better? Measured with
+controls, over three seeds, on questions the aux text can answer.
 
-    generate the `signs` corpus → annotate it with the real OCR expert (jobs/signs.yaml)
-    → train one model twice: (a) with the aux text, (b) with the aux input removed
-    → export both → answer the test split (its words and numbers never occur in training)
+    generate the `signs` corpus (corpora/signs.py) → annotate it once with the real OCR expert
+    (jobs/signs.yaml; timed apart: the product's premise is that annotation happens once)
+    → for each seed: train one model twice from `configs/train-signs.yaml`, (a) with the aux text and
+      (b) with the aux input removed — only `model.use_aux` differs — side by side, one core each
+    → each model answers the evaluation split (test; `--split val` while choosing a config), and the
+      with-aux model also answers it with another scene's aux text (shuffled) and with the drawn sign
+      texts verbalized like OCR output (oracle); both answer 300 training scenes (memorization check)
     → outputs/signs/results.json, results.md, results.png
 
-The comparison is fair by construction: both arms are the same YAML (`configs/train-signs.yaml`) with
-only `model.use_aux` flipped, so architecture, parameter count, data order, steps and seed are equal.
-The two runs train side by side, one core each (their step times are recorded so an imbalance shows).
-A second invocation reuses the corpus and the warehouse's annotations (exactly-once ledger) and
-retrains. Not part of plain `make bench` (it takes minutes): `python -m benchmarks signs` runs it.
+What results.json holds (accuracies are fractions, gains / intervals / deltas are points):
+    aux_answerable   count, has_text, read: with_aux, without_aux, gain_points (mean over seeds),
+                     ci95 (a bootstrap over test scenes and seeds), per_seed
+    reading          single-sign `read`: with/without aux, split by answers that are one token of the
+                     tokenizer and answers of several tokens (made-up words, numbers)
+    not_answerable   colour_of_text, read_colour: what MoAI's OCR sentence cannot say
+    controls         shuffled_aux, oracle_aux (the with-aux model's aux-answerable accuracy under that
+                     aux), shuffled_keeps (the fraction of the gain that survives shuffling), and
+                     irrelevant_delta_points (the `shape` type, aux-irrelevant: with minus without)
+    train_vs_test    per type, both arms, on 300 training scenes and on the evaluation split
+    checks           no evaluation answer occurs in its own prompt; train/eval sign-text vocabularies
+                     are disjoint (both must hold, or the run stops before training)
+    seeds, times_s (annotate_s apart from train_eval_s), non_moai_options, targets, config_search
+
+The runs are deterministic for a seed on one machine; the numbers change with the seed (reported).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -27,34 +43,353 @@ import yaml
 
 DEFAULT_IN_MAKE_BENCH = False  # benchmarks/__main__ skips it unless named
 CONFIG = Path("configs/train-signs.yaml")
-DATASET, TEST_SPLIT = "signs", "test"
+DATASET = "signs"
+SEEDS = (0, 1, 2)
 ARMS = {"with_aux": True, "without_aux": False}
 ARM_COLOURS = {"with_aux": "tab:blue", "without_aux": "tab:gray"}
+TRAIN_SCORED_IMAGES = 300  # training scenes both arms answer again (memorization check)
+BOOTSTRAP = 2000
+# passes each arm answers: the evaluation split with its own aux text; the with-aux model also with a
+# shuffled and an oracle aux text (aux-answerable questions only); both on training scenes
+PASSES = {"with_aux": ("eval", "shuffled", "oracle", "train"), "without_aux": ("eval", "train")}
+TARGETS = {
+    "gain_points": 30.0,
+    "gain_ci_low_points": 20.0,
+    "reading_with_aux": 0.50,
+    "reading_without_aux_max": 0.02,
+    "shuffled_keeps_max": 0.20,
+    "irrelevant_abs_delta_max_points": 5.0,
+    "train_eval_max_s": 20 * 60,
+}
+# Every configuration evaluated while choosing the shipped one, all on `val` (python -m benchmarks signs
+# --split val), never on test. Appended by hand after each val run; results.json repeats it.
+CONFIG_SEARCH: list[dict] = []
 
 
-def _moai(*args: str, log: Path | None = None) -> subprocess.Popen:
-    """`moai …` in a child process (its own torch threads; stdout/stderr to `log` when given)."""
+# ---------------------------------------------------------------------------------------------------
+# processes
+# ---------------------------------------------------------------------------------------------------
+
+
+def _spawn(args: list[str], log: Path | None = None) -> subprocess.Popen:
     out = open(log, "w", encoding="utf-8") if log else None  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args], stdout=out, stderr=subprocess.STDOUT if out else None
+        [sys.executable, *args], stdout=out, stderr=subprocess.STDOUT if out else None, env=_env()
     )
 
 
+def _env() -> dict:
+    # one thread per process (two run side by side on two cores); no tokenizer thread pools
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _wait(procs: dict[str, subprocess.Popen], logs: dict[str, Path] | None = None) -> None:
-    failed = {name: p.wait() for name, p in procs.items()}
-    failed = {name: rc for name, rc in failed.items() if rc}
+    codes = {name: p.wait() for name, p in procs.items()}
+    failed = {name: rc for name, rc in codes.items() if rc}
     if failed:
         where = "; ".join(f"{n}: exit {rc}, log {logs[n] if logs else '(above)'}" for n, rc in failed.items())
         raise SystemExit(f"signs-benchmark: a step failed ({where})")
 
 
-def arm_config(base: dict, arm: str, use_aux: bool, warehouse: Path, out: Path) -> dict:
-    """The shared training config with only the aux switch (and where to write) changed."""
+def _run_queue(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, float]:
+    """Run (name, args, log) jobs, `parallel` at a time; returns each job's wall seconds."""
+    pending, running, seconds = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, args, log = pending.pop(0)
+            running[name] = (_spawn(args, log), time.perf_counter(), log)
+        time.sleep(0.5)
+        for name, (proc, started, log) in list(running.items()):
+            if proc.poll() is not None:
+                if proc.returncode:
+                    for other, _, _ in running.values():
+                        other.kill()
+                    raise SystemExit(f"signs-benchmark: {name} failed (exit {proc.returncode}), log {log}")
+                seconds[name] = time.perf_counter() - started
+                del running[name]
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------
+# the questions each model answers
+# ---------------------------------------------------------------------------------------------------
+
+
+def corpus_key(corpus) -> str:
+    """A short hash of the generated corpus's config: its annotations live in their own warehouse, so a
+    regenerated corpus (same image ids, new pictures) can never reuse another corpus's OCR."""
+    stamp = (corpus.root / "annotations" / "config.json").read_text(encoding="utf-8")
+    return hashlib.sha256(stamp.encode()).hexdigest()[:10]
+
+
+def drawn_signs(corpus) -> dict[int, list[dict]]:
+    """image_id → its signs as drawn (text, kind, bbox), from the corpus annotations."""
+    signs: dict[int, list[dict]] = {}
+    for split in corpus.splits:
+        doc = json.loads(corpus.annotations_file(split).read_text(encoding="utf-8"))
+        for image in doc["images"]:
+            signs.setdefault(image["id"], [])
+        for a in doc["annotations"]:
+            signs[a["image_id"]].append(a)
+    return signs
+
+
+def oracle_aux(signs: list[dict], width: int, height: int) -> str:
+    """The drawn sign texts as a perfect OCR would report them, through the same verbalizer."""
+    from annotators.base import TextLine
+    from verbalize.moai import verbalize
+
+    lines = []
+    for s in signs:
+        x, y, w, h = s["bbox"]
+        lines.append(TextLine(s["text"], 1.0, [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]))
+    return verbalize({"ocr": lines}, width, height).text
+
+
+def build_items(warehouse: Path, corpus, split: str) -> dict[str, list[dict]]:
+    """Every pass's questions: {pass: [{sample_id, image_id, type, question, answer, image, aux}]}."""
+    from corpora.signs import AUX_ANSWERABLE
+    from trainer.data import load_examples
+    from warehouse.store import Warehouse
+
+    wh = Warehouse(warehouse)
+    rows = load_examples(wh, DATASET, [split]).to_pylist()
+    train_rows = load_examples(wh, DATASET, ["train"]).to_pylist()
+    first = sorted({r["image_id"] for r in train_rows})[:TRAIN_SCORED_IMAGES]
+    keep = set(first)
+    train_rows = [r for r in train_rows if r["image_id"] in keep]
+    signs = drawn_signs(corpus)
+    sizes = {}
+    for s in corpus.splits:
+        for image in json.loads(corpus.annotations_file(s).read_text(encoding="utf-8"))["images"]:
+            sizes[image["id"]] = (image["width"], image["height"])
+    aux = {r["image_id"]: r["aux_text"] for r in rows}
+    ids = sorted(aux)
+    shuffled = {i: aux[ids[(k + 1) % len(ids)]] for k, i in enumerate(ids)}  # the next scene's aux text
+
+    def item(r: dict, aux_text: str) -> dict:
+        path = corpus.image_dir(r["image_split"]) / r["file_name"]
+        keys = ("sample_id", "image_id", "type", "question", "answer")
+        return {**{k: r[k] for k in keys}, "image": str(path), "aux": aux_text}
+
+    answerable = [r for r in rows if r["type"] in AUX_ANSWERABLE]
+    return {
+        "eval": [item(r, r["aux_text"]) for r in rows],
+        "shuffled": [item(r, shuffled[r["image_id"]]) for r in answerable],
+        "oracle": [item(r, oracle_aux(signs[r["image_id"]], *sizes[r["image_id"]])) for r in answerable],
+        "train": [item(r, r["aux_text"]) for r in train_rows],
+    }
+
+
+def hygiene_checks(items: dict[str, list[dict]], corpus, split: str, tokenizer, data_cfg) -> dict:
+    """No evaluation answer occurs (as a word) in its own prompt, as the model sees it (template
+    included); the sign texts of train and of the evaluation split share nothing."""
+    from corpora.signs import TEXT_ANSWER_TYPES
+    from trainer.evaluate import normalize_answer
+    from trainer.inputs import format_prompt
+
+    violations = []
+    for it in items["eval"]:
+        prompt = tokenizer.decode(
+            format_prompt(it["question"], tokenizer, -1, data_cfg.max_prompt_tokens, data_cfg.prompt_format)
+        )
+        answer = normalize_answer(it["answer"])  # as the scorer compares: case, punctuation, number words
+        if answer and f" {answer} " in f" {normalize_answer(prompt)} ":
+            violations.append(
+                {"sample_id": it["sample_id"], "question": it["question"], "answer": it["answer"]}
+            )
+
+    def texts(s: str) -> set[str]:
+        doc = json.loads(corpus.annotations_file(s).read_text(encoding="utf-8"))
+        return {a["text"] for a in doc["annotations"]}
+
+    train, evaluated = texts("train"), texts(split)
+    answers = {it["answer"] for it in items["eval"] if it["type"] in TEXT_ANSWER_TYPES}
+    overlap = sorted((train & evaluated) | (answers & train))
+    return {
+        "answers_not_in_prompt": {
+            "ok": not violations,
+            "checked": len(items["eval"]),
+            "violations": violations[:10],
+        },
+        "answer_vocabularies_disjoint": {
+            "ok": not overlap,
+            "train_sign_texts": len(train),
+            f"{split}_sign_texts": len(evaluated),
+            "overlap": overlap[:10],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# one arm: train, export, answer (a child process)
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_arm(config: Path, items_file: Path, passes: tuple[str, ...], out: Path) -> None:
+    """Train from `config`, export, and answer every pass of `items_file`; writes out/answers.json."""
+    import torch
+
+    from trainer.evaluate import is_correct
+    from trainer.export import export_run, generate_answers, load_data_config, load_exported, load_tokenizer
+    from trainer.train import train
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    run_dir = train(config)
+    trained = time.perf_counter()
+    exported = export_run(run_dir, out / "export")
+    model, tokenizer, data_cfg = load_exported(exported), load_tokenizer(exported), load_data_config(exported)
+    items = json.loads(items_file.read_text(encoding="utf-8"))
+    images: dict = {}
+    answers = {}
+    for name in passes:
+        batch = items[name]
+        use = [(i["question"], i["image"], i["aux"] if model.config.use_aux else "") for i in batch]
+        predictions = generate_answers(model, use, tokenizer, data_cfg, max_new_tokens=8, images=images)
+        answers[name] = [
+            {"sample_id": i["sample_id"], "prediction": p, "correct": bool(is_correct(p, i["answer"]))}
+            for i, p in zip(batch, predictions, strict=True)
+        ]
+    done = time.perf_counter()
+    (out / "answers.json").write_text(
+        json.dumps({"train_s": trained - started, "eval_s": done - trained, "answers": answers}),
+        encoding="utf-8",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# the whole benchmark
+# ---------------------------------------------------------------------------------------------------
+
+
+def arm_config(base: dict, arm: str, use_aux: bool, seed: int, warehouse: Path, out: Path) -> dict:
+    """The shared training config with only the aux switch, the seed and where to write changed."""
     cfg = json.loads(json.dumps(base))  # deep copy
-    cfg.setdefault("model", {})["use_aux"] = use_aux
-    cfg.setdefault("data", {}).update({"dataset": DATASET, "warehouse": str(warehouse)})
-    cfg.setdefault("run", {}).update({"name": arm, "out": str(out / "train")})
+    cfg["seed_everything"] = seed
+    cfg.setdefault("model", {}).update({"use_aux": use_aux, "seed": seed})
+    cfg.setdefault("data", {}).update({"dataset": DATASET, "warehouse": str(warehouse), "seed": seed})
+    steps = int(cfg.get("trainer", {}).get("max_steps", 1))
+    cfg.setdefault("run", {}).update(
+        {"name": f"seed{seed}-{arm}", "out": str(out / "train"), "checkpoint_every": steps}
+    )
     return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks signs", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(CONFIG), help="the shared training config of both arms")
+    parser.add_argument(
+        "--out", default=None, help="default outputs/signs (outputs/signs-val with --split val)"
+    )
+    parser.add_argument("--split", default="test", choices=("test", "val"), help="val: for choosing configs")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
+    parser.add_argument("--parallel", type=int, default=2, help="arms trained at once (one core each)")
+    parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
+    parser.add_argument("--set", action="append", default=[], help="override, e.g. model.mixer_rank=64")
+    parser.add_argument(
+        "--worker", nargs=4, metavar=("CONFIG", "ITEMS", "PASSES", "OUT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    if args.worker:
+        config, items_file, passes, out = args.worker
+        run_arm(Path(config), Path(items_file), tuple(passes.split(",")), Path(out))
+        return 0
+
+    from corpora.resolve import resolve_corpus
+    from pipeline.instructions import import_instructions
+    from trainer.config import data_config, model_config, resolve_config
+    from trainer.inputs import make_tokenizer
+    from warehouse.store import Warehouse
+
+    out = Path(args.out or ("outputs/signs" if args.split == "test" else "outputs/signs-val"))
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    times: dict[str, float] = {}
+    load = {"start": os.getloadavg()}
+    start = time.perf_counter()
+
+    t = time.perf_counter()
+    corpus = resolve_corpus(DATASET)  # generated on first use, deterministic from its seed
+    times["generate_s"] = time.perf_counter() - t
+    warehouse = out.parent / "signs-warehouse" / corpus_key(corpus)
+
+    t = time.perf_counter()
+    annotate = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "annotate",
+        "--dataset",
+        DATASET,
+        "--warehouse",
+        str(warehouse),
+    ]
+    _wait({"annotate": subprocess.Popen(annotate)})
+    times["annotate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    base = resolve_config(args.config, _overrides(args.set, args.max_steps))
+    import_instructions(Warehouse(warehouse), corpus)  # once here, so the runs' imports find nothing new
+    items = build_items(warehouse, corpus, args.split)
+    items_file = out / f"items-{args.split}.json"
+    items_file.write_text(json.dumps(items), encoding="utf-8")
+    mcfg = model_config(base["model"])
+    data_cfg = data_config(base["data"], mcfg)
+    tokenizer = make_tokenizer(data_cfg.tokenizer, mcfg)
+    checks = hygiene_checks(items, corpus, args.split, tokenizer, data_cfg)
+    if not all(c["ok"] for c in checks.values()):
+        raise SystemExit(f"signs-benchmark: a hygiene check failed: {json.dumps(checks, indent=1)}")
+    times["prepare_s"] = time.perf_counter() - t
+
+    (out / "configs").mkdir(exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    jobs, configs = [], {}
+    for seed in seeds:
+        for arm, use_aux in ARMS.items():
+            name = f"seed{seed}-{arm}"
+            cfg = configs[name] = arm_config(base, arm, use_aux, seed, warehouse, out)
+            path = out / "configs" / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            (out / "arms" / name).mkdir(parents=True, exist_ok=True)
+            worker = [str(path), str(items_file), ",".join(PASSES[arm]), str(out / "arms" / name)]
+            jobs.append((name, ["-m", "benchmarks.signs", "--worker", *worker], out / "logs" / f"{name}.log"))
+    t = time.perf_counter()
+    walls = _run_queue(jobs, args.parallel)
+    times["train_eval_s"] = time.perf_counter() - t
+    times["total_s"] = time.perf_counter() - start
+    load["end"] = os.getloadavg()
+
+    runs = {}
+    for name in configs:
+        runs[name] = json.loads((out / "arms" / name / "answers.json").read_text(encoding="utf-8"))
+        runs[name]["wall_s"] = walls[name]
+    results = summarize(items, runs, seeds, args.split, tokenizer, base, times, load, checks, out)
+    results["parallel"] = args.parallel
+    results["ocr_coverage"] = ocr_coverage(warehouse, corpus)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    (out / "results.md").write_text(results_table(results), encoding="utf-8")
+    plot(results, out)
+    print(results_table(results))
+    print(f"written to {out}/results.json, results.md, results.png")
+    return 0
+
+
+def _overrides(pairs: list[str], max_steps: int | None) -> dict:
+    """`--set section.key=value` (YAML values) → {section: {key: value}}."""
+    overrides: dict = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        section, _, name = key.partition(".")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    if max_steps is not None:
+        overrides.setdefault("trainer", {})["max_steps"] = max_steps
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------------------
+# summary
+# ---------------------------------------------------------------------------------------------------
 
 
 def ocr_coverage(warehouse: Path, corpus) -> dict:
@@ -72,6 +407,377 @@ def ocr_coverage(warehouse: Path, corpus) -> dict:
     return {"sign_texts": total, "read_exactly": found, "fraction": round(found / max(total, 1), 4)}
 
 
+def _accuracy(answers: list[dict], keep: set[str] | None = None) -> float | None:
+    rows = [a["correct"] for a in answers if keep is None or a["sample_id"] in keep]
+    return round(sum(rows) / len(rows), 4) if rows else None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def bootstrap_gain(with_correct, without_correct, counts, draws: int = BOOTSTRAP, seed: int = 0):
+    """95% interval (points) of the seed-mean accuracy gain, resampling scenes and seeds with replacement.
+    with_correct/without_correct: seeds × scenes correct counts; counts: questions per scene."""
+    import numpy as np
+
+    w, wo, n = (np.asarray(a, dtype=np.float64) for a in (with_correct, without_correct, counts))
+    diff = w - wo
+    rng = np.random.default_rng(seed)
+    n_seeds, n_scenes = diff.shape
+    gains = np.empty(draws)
+    for b in range(draws):
+        s, i = rng.integers(0, n_seeds, n_seeds), rng.integers(0, n_scenes, n_scenes)
+        gains[b] = diff[s][:, i].sum() / (n_seeds * n[i].sum())
+    low, high = np.percentile(100 * gains, [2.5, 97.5])
+    return [round(float(low), 1), round(float(high), 1)]
+
+
+def _per_scene(items: list[dict], answers: list[dict], keep: set[str]):
+    """(scene ids, correct per scene, questions per scene) over the kept sample ids."""
+    correct: dict[int, int] = {}
+    count: dict[int, int] = {}
+    image = {i["sample_id"]: i["image_id"] for i in items}
+    for a in answers:
+        if a["sample_id"] in keep:
+            scene = image[a["sample_id"]]
+            correct[scene] = correct.get(scene, 0) + a["correct"]
+            count[scene] = count.get(scene, 0) + 1
+    scenes = sorted(count)
+    return scenes, [correct[s] for s in scenes], [count[s] for s in scenes]
+
+
+def summarize(items, runs, seeds, split, tokenizer, base, times, load, checks, out: Path) -> dict:
+    import torch
+
+    from corpora.signs import AUX_ANSWERABLE, CONTROL, NOT_ANSWERABLE
+
+    evaluated = items["eval"]
+    types = sorted({i["type"] for i in evaluated})
+    of_type = {t: {i["sample_id"] for i in evaluated if i["type"] == t} for t in types}
+    train_of_type = {t: {i["sample_id"] for i in items["train"] if i["type"] == t} for t in types}
+
+    def ids(group) -> set[str]:
+        return set().union(*(of_type.get(t, set()) for t in group))
+
+    def acc(seed, arm, name, keep=None):
+        return _accuracy(runs[f"seed{seed}-{arm}"]["answers"][name], keep)
+
+    def group(keep: set[str]) -> dict:
+        per_seed = []
+        for s in seeds:
+            a, b = acc(s, "with_aux", "eval", keep), acc(s, "without_aux", "eval", keep)
+            per_seed.append({"seed": s, "with_aux": a, "without_aux": b, "gain_points": _points(a, b)})
+        scenes = [_per_scene(evaluated, runs[f"seed{s}-with_aux"]["answers"]["eval"], keep) for s in seeds]
+        without = [
+            _per_scene(evaluated, runs[f"seed{s}-without_aux"]["answers"]["eval"], keep) for s in seeds
+        ]
+        w, wo = _mean([p["with_aux"] for p in per_seed]), _mean([p["without_aux"] for p in per_seed])
+        return {
+            "types": None,
+            "questions": len(keep),
+            "with_aux": w,
+            "without_aux": wo,
+            "gain_points": _points(w, wo),
+            "ci95": bootstrap_gain([c[1] for c in scenes], [c[1] for c in without], scenes[0][2])
+            if keep
+            else None,
+            "per_seed": per_seed,
+        }
+
+    answerable = group(ids(AUX_ANSWERABLE)) | {"types": list(AUX_ANSWERABLE)}
+    not_answerable = group(ids(NOT_ANSWERABLE)) | {"types": list(NOT_ANSWERABLE)}
+
+    # reading, split by how many tokens the answer is
+    read = of_type.get("read", set())
+    answer_of = {i["sample_id"]: i["answer"] for i in evaluated}
+    single = {k for k in read if len(tokenizer.encode(" " + answer_of[k])) == 1}
+    reading = {
+        "questions": len(read),
+        "with_aux": _mean([acc(s, "with_aux", "eval", read) for s in seeds]),
+        "without_aux": _mean([acc(s, "without_aux", "eval", read) for s in seeds]),
+    }
+    for name, keep in (("single_token", single), ("multi_token", read - single)):
+        reading[name] = {
+            "questions": len(keep),
+            "with_aux": _mean([acc(s, "with_aux", "eval", keep) for s in seeds]),
+            "without_aux": _mean([acc(s, "without_aux", "eval", keep) for s in seeds]),
+        }
+    reading["per_seed"] = [
+        {
+            "seed": s,
+            "with_aux": acc(s, "with_aux", "eval", read),
+            "without_aux": acc(s, "without_aux", "eval", read),
+        }
+        for s in seeds
+    ]
+
+    shuffled = _mean([acc(s, "with_aux", "shuffled") for s in seeds])
+    oracle = _mean([acc(s, "with_aux", "oracle") for s in seeds])
+    control = ids(CONTROL)
+    control_with = _mean([acc(s, "with_aux", "eval", control) for s in seeds])
+    control_without = _mean([acc(s, "without_aux", "eval", control) for s in seeds])
+    gain = answerable["gain_points"]
+    controls = {
+        "shuffled_aux": shuffled,
+        "oracle_aux": oracle,
+        "shuffled_keeps": round((_points(shuffled, answerable["without_aux"]) or 0) / gain, 3)
+        if gain
+        else None,
+        "irrelevant_type": list(CONTROL),
+        "irrelevant_with_aux": control_with,
+        "irrelevant_without_aux": control_without,
+        "irrelevant_delta_points": _points(control_with, control_without),
+        "per_seed": [
+            {
+                "seed": s,
+                "shuffled_aux": acc(s, "with_aux", "shuffled"),
+                "oracle_aux": acc(s, "with_aux", "oracle"),
+                "irrelevant_delta_points": _points(
+                    acc(s, "with_aux", "eval", control), acc(s, "without_aux", "eval", control)
+                ),
+            }
+            for s in seeds
+        ],
+    }
+    by_type = {
+        t: {
+            "questions": len(of_type[t]),
+            "with_aux": _mean([acc(s, "with_aux", "eval", of_type[t]) for s in seeds]),
+            "without_aux": _mean([acc(s, "without_aux", "eval", of_type[t]) for s in seeds]),
+        }
+        for t in types
+    }
+    train_vs_test = {
+        t: {
+            "train": {arm: _mean([acc(s, arm, "train", train_of_type[t]) for s in seeds]) for arm in ARMS},
+            split: {arm: by_type[t][arm] for arm in ARMS},
+        }
+        for t in types
+    }
+    runs_out = {
+        name: {k: round(v, 1) for k, v in run.items() if k.endswith("_s")} for name, run in runs.items()
+    }
+    steps = int(base["trainer"].get("max_steps", 0))
+    batch = int(base["data"].get("batch_size", 1))
+    train_questions = sum(1 for _ in _train_questions(base))
+    results = {
+        "dataset": DATASET,
+        "split": split,
+        "aux_answerable": answerable,
+        "reading": reading,
+        "not_answerable": not_answerable,
+        "controls": controls,
+        "train_vs_test": train_vs_test,
+        "by_type": by_type,
+        "checks": checks,
+        "seeds": list(seeds),
+        "times_s": {**{k: round(v, 1) for k, v in times.items()}, "runs": runs_out},
+        "load_average": {k: [round(x, 2) for x in v] for k, v in load.items()},
+        "training": {
+            "steps": steps,
+            "batch_size": batch,
+            "train_questions": train_questions,
+            "epochs": round(steps * batch / max(1, train_questions), 2),
+        },
+        "non_moai_options": non_moai_options(base),
+        "config": base,
+        "only_difference": "model.use_aux (true for with_aux, false for without_aux); seeds as listed",
+        "config_search": {"chosen_on": "val", "tried": len(CONFIG_SEARCH), "log": CONFIG_SEARCH},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+    }
+    results["targets"] = check_targets(results)
+    return results
+
+
+def _train_questions(base: dict):
+    from corpora.resolve import resolve_corpus
+
+    corpus = resolve_corpus(DATASET)
+    for split in base["data"].get("train_splits") or corpus.splits:
+        yield from json.loads((corpus.root / "annotations" / f"qa_{split}.json").read_text(encoding="utf-8"))
+
+
+def _points(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(100 * (a - b), 1)
+
+
+def non_moai_options(cfg: dict) -> list[str]:
+    """What the run does that MoAI-7B does not, read from the config (so it cannot go stale)."""
+    from trainer.config import model_config
+    from trainer.model import TINY_LLMS, MoAIConfig
+
+    m = model_config(cfg["model"])
+    d = cfg.get("data", {})
+    moai = MoAIConfig()
+    out = []
+    if m.llm in TINY_LLMS:
+        out.append(
+            f"LLM: a random-init {m.llm} (width {m.tiny_llm.get('hidden_size', '?')}) instead of a pretrained one"
+        )
+    if m.train_llm:
+        out.append("train_llm: the tiny LLM's layers are trained (MoAI freezes its LLM)")
+    if m.freeze_embeddings:
+        out.append("freeze_embeddings: its input/output embeddings stay frozen (tied), as a real LLM's would")
+    if m.vision.startswith("tiny-"):
+        out.append(
+            f"vision: a random-init {m.vision} (frozen) at {d.get('image_size', '?')} px instead of CLIP-L"
+        )
+    if m.aux_positions:
+        out.append(f"aux_positions: {m.aux_positions} learned positions on the aux tokens (MoAI: none)")
+    if m.aux_encoder != "embed":
+        out.append(f"aux_encoder: {m.aux_encoder} (MoAI: word embeddings)")
+    if m.mixer_every != moai.mixer_every:
+        out.append(f"mixer_every: {m.mixer_every} (MoAI: every 8th layer)")
+    if m.step1_steps:
+        out.append(f"step1_steps: {m.step1_steps} (MoAI's step 1 then step 2 in one run, one optimizer)")
+    if m.gate_top_k:
+        out.append(f"gate_top_k: {m.gate_top_k} (MoAI: dense)")
+    if d.get("tokenizer", "auto") not in ("auto",):
+        out.append(f"tokenizer: {d['tokenizer']}")
+    if d.get("prompt_format", "auto") == "plain":
+        out.append('prompt_format: plain ("USER: … ASSISTANT:", MoAI\'s demo layout; no chat template)')
+    if not d.get("aux_map", True):
+        out.append("aux_map: off (no panoptic-map tokens)")
+    return out
+
+
+def check_targets(r: dict) -> dict:
+    def entry(value, target, met):
+        return {"value": value, "target": target, "met": None if value is None else bool(met)}
+
+    a, reading, c = r["aux_answerable"], r["reading"], r["controls"]
+    ci_low = a["ci95"][0] if a["ci95"] else None
+    return {
+        "gain_points": entry(
+            a["gain_points"],
+            f">= {TARGETS['gain_points']}",
+            (a["gain_points"] or 0) >= TARGETS["gain_points"],
+        ),
+        "gain_ci_low_points": entry(
+            ci_low, f">= {TARGETS['gain_ci_low_points']}", (ci_low or 0) >= TARGETS["gain_ci_low_points"]
+        ),
+        "reading_with_aux": entry(
+            reading["with_aux"],
+            f">= {TARGETS['reading_with_aux']}",
+            (reading["with_aux"] or 0) >= TARGETS["reading_with_aux"],
+        ),
+        "reading_without_aux": entry(
+            reading["without_aux"],
+            f"<= {TARGETS['reading_without_aux_max']}",
+            (reading["without_aux"] or 0) <= TARGETS["reading_without_aux_max"],
+        ),
+        "shuffled_keeps": entry(
+            c["shuffled_keeps"],
+            f"<= {TARGETS['shuffled_keeps_max']}",
+            (c["shuffled_keeps"] or 0) <= TARGETS["shuffled_keeps_max"],
+        ),
+        "irrelevant_delta_points": entry(
+            c["irrelevant_delta_points"],
+            f"|x| <= {TARGETS['irrelevant_abs_delta_max_points']}",
+            abs(c["irrelevant_delta_points"] or 0) <= TARGETS["irrelevant_abs_delta_max_points"],
+        ),
+        "train_eval_s": entry(
+            r["times_s"].get("train_eval_s"),
+            f"<= {TARGETS['train_eval_max_s']}",
+            (r["times_s"].get("train_eval_s") or 0) <= TARGETS["train_eval_max_s"],
+        ),
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _pts(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.1f} pts"
+
+
+def results_table(r: dict) -> str:
+    a, rd, na, c = r["aux_answerable"], r["reading"], r["not_answerable"], r["controls"]
+    seeds = len(r["seeds"])
+    lines = [
+        f"Mean over {seeds} seeds, `{r['split']}` split; 95% interval: bootstrap over scenes and seeds.",
+        "",
+        "| measure | questions | with aux | without aux | difference |",
+        "|---|---:|---:|---:|---:|",
+        f"| **aux-answerable** ({', '.join(a['types'])}) | {a['questions']} | **{_pct(a['with_aux'])}** | "
+        f"**{_pct(a['without_aux'])}** | **{_pts(a['gain_points'])}** (95% CI {a['ci95'][0]:+.1f} to "
+        f"{a['ci95'][1]:+.1f}) |"
+        if a["ci95"]
+        else f"| aux-answerable | {a['questions']} | – | – | – |",
+        f"| reading (one sign) | {rd['questions']} | {_pct(rd['with_aux'])} | {_pct(rd['without_aux'])} | "
+        f"{_pts(_points(rd['with_aux'], rd['without_aux']))} |",
+    ]
+    for name in ("single_token", "multi_token"):
+        part = rd[name]
+        label = "one-token words" if name == "single_token" else "multi-token words and numbers"
+        lines.append(
+            f"| &nbsp;&nbsp;reading: {label} | {part['questions']} | {_pct(part['with_aux'])} | "
+            f"{_pct(part['without_aux'])} | {_pts(_points(part['with_aux'], part['without_aux']))} |"
+        )
+    lines.append(
+        f"| not aux-answerable ({', '.join(na['types'])}) | {na['questions']} | {_pct(na['with_aux'])} | "
+        f"{_pct(na['without_aux'])} | {_pts(na['gain_points'])} |"
+    )
+    for t, v in r["by_type"].items():
+        lines.append(
+            f"| &nbsp;&nbsp;type `{t}` | {v['questions']} | {_pct(v['with_aux'])} | {_pct(v['without_aux'])} | "
+            f"{_pts(_points(v['with_aux'], v['without_aux']))} |"
+        )
+    lines += [
+        "",
+        "| control | value |",
+        "|---|---:|",
+        f"| shuffled aux (another scene's aux text), aux-answerable accuracy | {_pct(c['shuffled_aux'])} "
+        f"(keeps {c['shuffled_keeps']:.0%} of the gain) |"
+        if c["shuffled_keeps"] is not None
+        else f"| shuffled aux | {_pct(c['shuffled_aux'])} |",
+        f"| oracle aux (drawn texts, same verbalizer), aux-answerable accuracy | {_pct(c['oracle_aux'])} |",
+        f"| aux-irrelevant type `{', '.join(c['irrelevant_type'])}`: with minus without | "
+        f"{_pts(c['irrelevant_delta_points'])} |",
+        "",
+        "| per seed | aux-answerable with | without | gain | reading with | shuffled | oracle |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p, q, k in zip(a["per_seed"], rd["per_seed"], c["per_seed"], strict=True):
+        lines.append(
+            f"| {p['seed']} | {_pct(p['with_aux'])} | {_pct(p['without_aux'])} | {_pts(p['gain_points'])} | "
+            f"{_pct(q['with_aux'])} | {_pct(k['shuffled_aux'])} | {_pct(k['oracle_aux'])} |"
+        )
+    lines += [
+        "",
+        "| type | train: with | train: without | " + r["split"] + ": with | " + r["split"] + ": without |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for t, v in r["train_vs_test"].items():
+        lines.append(
+            f"| {t} | {_pct(v['train']['with_aux'])} | {_pct(v['train']['without_aux'])} | "
+            f"{_pct(v[r['split']]['with_aux'])} | {_pct(v[r['split']]['without_aux'])} |"
+        )
+    tm = r["times_s"]
+    lines += [
+        "",
+        f"Times: annotate {tm.get('annotate_s', 0):.0f} s (once; apart), train + evaluate "
+        f"{tm.get('train_eval_s', 0):.0f} s ({seeds} seeds × 2 arms, {r.get('parallel', 2)} at a time), "
+        f"total {tm.get('total_s', 0):.0f} s. Load average at start / end: "
+        f"{r['load_average']['start'][0]:.2f} / {r['load_average']['end'][0]:.2f} on {r['machine']['cpus']} CPUs.",
+        "",
+        "Targets: "
+        + "; ".join(
+            f"{k} {v['value']} ({v['target']}): {'met' if v['met'] else 'MISSED'}"
+            for k, v in r["targets"].items()
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, train_loss) rows from the run's own metrics.csv (none if the run logged nothing)."""
     import csv
@@ -82,129 +788,9 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r["train_loss"])) for r in csv.DictReader(f) if r.get("train_loss")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks signs", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(CONFIG), help="the shared training config of both arms")
-    parser.add_argument("--out", default="outputs/signs")
-    parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test questions")
-    args = parser.parse_args(argv)
-
-    from corpora.resolve import resolve_corpus
-    from pipeline.instructions import import_instructions
-    from trainer.config import resolve_config
-    from trainer.evaluate import evaluate, model_answer_fn, write_report
-    from trainer.export import export_run
-    from warehouse.store import Warehouse
-
-    out = Path(args.out)
-    warehouse = out / "warehouse"
-    out.mkdir(parents=True, exist_ok=True)
-    times: dict[str, float] = {}
-    start = time.perf_counter()
-
-    t = time.perf_counter()
-    corpus = resolve_corpus(DATASET)  # generated on first use, deterministic from its seed
-    times["generate_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _wait({"annotate": _moai("annotate", "--dataset", DATASET, "--warehouse", str(warehouse))})
-    times["annotate_s"] = time.perf_counter() - t
-
-    base = resolve_config(args.config)
-    if args.max_steps is not None:
-        base["trainer"]["max_steps"] = args.max_steps
-    configs = {arm: arm_config(base, arm, use_aux, warehouse, out) for arm, use_aux in ARMS.items()}
-    import_instructions(Warehouse(warehouse), corpus)  # once here, so the two runs' imports find nothing new
-    (out / "configs").mkdir(exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
-    logs = {arm: out / "logs" / f"train-{arm}.log" for arm in ARMS}
-    procs = {}
-    t = time.perf_counter()
-    for arm, cfg in configs.items():
-        path = out / "configs" / f"{arm}.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
-        procs[arm] = _moai("train", "--config", str(path), log=logs[arm])
-    _wait(procs, logs)
-    times["train_s"] = time.perf_counter() - t
-
-    reports = {}
-    t = time.perf_counter()
-    for arm, use_aux in ARMS.items():
-        exported = export_run(out / "train" / arm, out / "export" / arm)
-        report = evaluate(
-            model_answer_fn(exported), warehouse, DATASET, [TEST_SPLIT], limit=args.limit, use_aux=use_aux
-        )
-        write_report(report, out / "eval" / arm)
-        reports[arm] = report
-    times["eval_s"] = time.perf_counter() - t
-    times["total_s"] = time.perf_counter() - start
-
-    results = summarize(reports, configs, times, ocr_coverage(warehouse, corpus), out)
-    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    (out / "results.md").write_text(results_table(results), encoding="utf-8")
-    plot(results, out)
-    print(results_table(results))
-    print(f"written to {out}/results.json, results.md, results.png")
-    return 0
-
-
-def _last_step(run_dir: Path) -> int:
-    """Optimizer steps the run took: its last logged step + 1."""
-    losses = train_losses(run_dir)
-    return losses[-1][0] + 1 if losses else 0
-
-
-def summarize(reports: dict, configs: dict, times: dict, coverage: dict, out: Path) -> dict:
-    import torch
-
-    with_aux, without = reports["with_aux"], reports["without_aux"]
-    types = sorted(set(with_aux["by_type"]) | set(without["by_type"]))
-    return {
-        "dataset": DATASET,
-        "split": TEST_SPLIT,
-        "examples": with_aux["examples"],
-        "with_aux": with_aux["accuracy"],
-        "without_aux": without["accuracy"],
-        "difference_points": round(100 * (with_aux["accuracy"] - without["accuracy"]), 1),
-        "by_type": {
-            t: {arm: reports[arm]["by_type"].get(t, {}).get("accuracy") for arm in ARMS} for t in types
-        },
-        "counts_by_type": {t: with_aux["by_type"].get(t, {}).get("total") for t in types},
-        "ocr_coverage": coverage,
-        "seeds": {"seed_everything": configs["with_aux"].get("seed_everything"), "corpus": 0},
-        "steps": {arm: _last_step(out / "train" / arm) for arm in ARMS},
-        "times_s": {k: round(v, 1) for k, v in times.items()},
-        "config": configs["with_aux"],
-        "only_difference": "model.use_aux (true for with_aux, false for without_aux)",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-    }
-
-
-def results_table(results: dict) -> str:
-    lines = [
-        "| question type | questions | with aux | without aux | difference |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for t, accs in results["by_type"].items():
-        a, b = accs["with_aux"] or 0.0, accs["without_aux"] or 0.0
-        lines.append(
-            f"| {t} | {results['counts_by_type'][t]} | {a:.1%} | {b:.1%} | {100 * (a - b):+.1f} pts |"
-        )
-    lines.append(
-        f"| **all** | {results['examples']} | **{results['with_aux']:.1%}** | "
-        f"**{results['without_aux']:.1%}** | **{results['difference_points']:+.1f} pts** |"
-    )
-    return "\n".join(lines) + "\n"
-
-
 def plot(results: dict, out: Path) -> None:
-    """Accuracy by question type (both arms) and the two training-loss curves."""
+    """Left: accuracy by group and type, both arms (mean over seeds, one dot per seed), with the shuffled
+    and oracle controls. Right: the training curves of every run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,29 +798,53 @@ def plot(results: dict, out: Path) -> None:
 
     from trainer.train import moving_average
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4))
-    types = list(results["by_type"])
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1.6, 1]})
+    a = results["aux_answerable"]
+    groups = [("aux-answerable", a["with_aux"], a["without_aux"])]
+    groups.append(("reading", results["reading"]["with_aux"], results["reading"]["without_aux"]))
+    for t, v in results["by_type"].items():
+        groups.append((t, v["with_aux"], v["without_aux"]))
     width = 0.38
     for i, (arm, colour) in enumerate(ARM_COLOURS.items()):
-        values = [100 * (results["by_type"][t][arm] or 0.0) for t in types]
-        xs = [x + (i - 0.5) * width for x in range(len(types))]
-        bars.bar(xs, values, width, label=f"{arm} ({100 * results[arm]:.1f}% overall)", color=colour)
-    bars.set_xticks(range(len(types)), types, rotation=15)
-    bars.set_ylabel("exact-match accuracy on the test split (%)")
-    bars.set_ylim(0, 100)
-    bars.legend(loc="upper right", fontsize=8)
-    bars.set_title(f"signs: with vs without aux text ({results['difference_points']:+.1f} points)")
-    for arm, colour in ARM_COLOURS.items():
-        rows = train_losses(out / "train" / arm)
+        values = [100 * ((g[1] if arm == "with_aux" else g[2]) or 0.0) for g in groups]
+        xs = [x + (i - 0.5) * width for x in range(len(groups))]
+        bars.bar(xs, values, width, label=arm.replace("_", " "), color=colour)
+    c = results["controls"]
+    bars.scatter(
+        [-0.19], [100 * (c["shuffled_aux"] or 0)], marker="v", color="tab:red", zorder=3, label="shuffled aux"
+    )
+    bars.scatter(
+        [-0.19], [100 * (c["oracle_aux"] or 0)], marker="^", color="tab:green", zorder=3, label="oracle aux"
+    )
+    for p in a["per_seed"]:
+        bars.scatter(
+            [-0.19, 0.19],
+            [100 * (p["with_aux"] or 0), 100 * (p["without_aux"] or 0)],
+            color="k",
+            s=8,
+            zorder=4,
+        )
+    bars.set_xticks(range(len(groups)), [g[0] for g in groups], rotation=20, fontsize=8)
+    bars.set_ylabel(f"exact-match accuracy, {results['split']} split (%)")
+    bars.set_ylim(0, 105)
+    bars.legend(loc="upper right", fontsize=7)
+    gain, ci = a["gain_points"], a["ci95"]
+    title = f"signs: aux-answerable gain {gain:+.1f} points" if gain is not None else "signs"
+    if ci:
+        title += f" (95% CI {ci[0]:+.1f} to {ci[1]:+.1f}), {len(results['seeds'])} seeds"
+    bars.set_title(title, fontsize=10)
+    for name in results["times_s"]["runs"]:
+        arm = "with_aux" if name.endswith("with_aux") else "without_aux"
+        rows = train_losses(out / "train" / name)
         if not rows:
             continue
         steps, losses = zip(*rows, strict=True)
-        curves.plot(steps, losses, color=colour, alpha=0.25)
-        curves.plot(steps, moving_average(losses, max(1, len(losses) // 15)), color=colour, label=arm)
+        curves.plot(
+            steps, moving_average(losses, max(1, len(losses) // 15)), color=ARM_COLOURS[arm], alpha=0.8
+        )
     curves.set_xlabel("step")
     curves.set_ylabel("training loss (answer tokens, nats)")
-    curves.legend()
-    curves.set_title("training curves (same seed, data order, steps)")
+    curves.set_title("training curves, every seed (blue: with aux, grey: without)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)
     plt.close(fig)
