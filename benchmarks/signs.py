@@ -61,6 +61,8 @@ TARGETS = {
     "irrelevant_abs_delta_max_points": 5.0,
     "train_eval_max_s": 20 * 60,
 }
+# The headline trains each arm in two runs (stage_configs): reading questions first, then every type.
+STAGE1 = {"types": ["read"], "steps": 350}
 # Every configuration evaluated while choosing the shipped one, all on `val` (python -m benchmarks signs
 # --split val), never on test. Appended by hand after each val run; results.json repeats it.
 CONFIG_SEARCH: list[dict] = []
@@ -226,8 +228,9 @@ def hygiene_checks(items: dict[str, list[dict]], corpus, split: str, tokenizer, 
 # ---------------------------------------------------------------------------------------------------
 
 
-def run_arm(config: Path, items_file: Path, passes: tuple[str, ...], out: Path) -> None:
-    """Train from `config`, export, and answer every pass of `items_file`; writes out/answers.json."""
+def run_arm(configs: list[Path], items_file: Path, passes: tuple[str, ...], out: Path) -> None:
+    """Train from each config in turn (a later stage starts from the earlier one's weights: its
+    run.init_from), export the last run, and answer every pass of `items_file`; writes out/answers.json."""
     import torch
 
     from trainer.evaluate import is_correct
@@ -236,7 +239,8 @@ def run_arm(config: Path, items_file: Path, passes: tuple[str, ...], out: Path) 
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    run_dir = train(config)
+    for config in configs:
+        run_dir = train(config)
     trained = time.perf_counter()
     exported = export_run(run_dir, out / "export")
     model, tokenizer, data_cfg = load_exported(exported), load_tokenizer(exported), load_data_config(exported)
@@ -261,6 +265,30 @@ def run_arm(config: Path, items_file: Path, passes: tuple[str, ...], out: Path) 
 # ---------------------------------------------------------------------------------------------------
 # the whole benchmark
 # ---------------------------------------------------------------------------------------------------
+
+
+def stage_configs(cfg: dict, stage1: dict) -> list[dict]:
+    """One arm's training runs: with `stage1` ({types, steps}, steps > 0) a first run of that many steps on
+    those question types only, then the rest of trainer.max_steps on every type, starting from the first
+    run's weights with a fresh optimizer and schedule (run.init_from), as MoAI's step 2 starts from its
+    step 1. Without it, the config as it is."""
+    steps = int(stage1.get("steps") or 0)
+    if not steps:
+        return [cfg]
+    total = int(cfg["trainer"]["max_steps"])
+    if not 0 < steps < total:
+        raise SystemExit(
+            f"signs-benchmark: stage 1 needs 0 < steps < trainer.max_steps ({total}), not {steps}"
+        )
+    first, second = json.loads(json.dumps(cfg)), json.loads(json.dumps(cfg))
+    first["data"]["train_types"] = list(stage1["types"])
+    first["trainer"]["max_steps"] = steps
+    first["run"].update({"name": cfg["run"]["name"] + "-stage1", "checkpoint_every": steps})
+    second["trainer"]["max_steps"] = total - steps
+    second["run"].update(
+        {"checkpoint_every": total - steps, "init_from": str(Path(cfg["run"]["out"]) / first["run"]["name"])}
+    )
+    return [first, second]
 
 
 def arm_config(base: dict, arm: str, use_aux: bool, seed: int, warehouse: Path, out: Path) -> dict:
@@ -288,12 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps (smoke runs)")
     parser.add_argument("--set", action="append", default=[], help="override, e.g. model.mixer_rank=64")
     parser.add_argument(
+        "--stage1-steps",
+        type=int,
+        default=STAGE1["steps"],
+        help="first run's steps on --stage1-types (0: one run)",
+    )
+    parser.add_argument(
+        "--stage1-types", default=",".join(STAGE1["types"]), help="question types of the first run"
+    )
+    parser.add_argument(
         "--worker", nargs=4, metavar=("CONFIG", "ITEMS", "PASSES", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.worker:
-        config, items_file, passes, out = args.worker
-        run_arm(Path(config), Path(items_file), tuple(passes.split(",")), Path(out))
+        configs, items_file, passes, out = args.worker
+        run_arm([Path(c) for c in configs.split(",")], Path(items_file), tuple(passes.split(",")), Path(out))
         return 0
 
     from corpora.resolve import resolve_corpus
@@ -305,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or ("outputs/signs" if args.split == "test" else "outputs/signs-val"))
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    stage1 = {"types": args.stage1_types.split(","), "steps": args.stage1_steps}
     times: dict[str, float] = {}
     load = {"start": os.getloadavg()}
     start = time.perf_counter()
@@ -349,10 +387,17 @@ def main(argv: list[str] | None = None) -> int:
         for arm, use_aux in ARMS.items():
             name = f"seed{seed}-{arm}"
             cfg = configs[name] = arm_config(base, arm, use_aux, seed, warehouse, out)
-            path = out / "configs" / f"{name}.yaml"
-            path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+            paths = []
+            for k, stage in enumerate(stage_configs(cfg, stage1), start=1):
+                paths.append(out / "configs" / f"{name}-run{k}.yaml")
+                paths[-1].write_text(yaml.safe_dump(stage, sort_keys=False), encoding="utf-8")
             (out / "arms" / name).mkdir(parents=True, exist_ok=True)
-            worker = [str(path), str(items_file), ",".join(PASSES[arm]), str(out / "arms" / name)]
+            worker = [
+                ",".join(map(str, paths)),
+                str(items_file),
+                ",".join(PASSES[arm]),
+                str(out / "arms" / name),
+            ]
             jobs.append((name, ["-m", "benchmarks.signs", "--worker", *worker], out / "logs" / f"{name}.log"))
     t = time.perf_counter()
     walls = _run_queue(jobs, args.parallel)
@@ -364,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in configs:
         runs[name] = json.loads((out / "arms" / name / "answers.json").read_text(encoding="utf-8"))
         runs[name]["wall_s"] = walls[name]
-    results = summarize(items, runs, seeds, args.split, tokenizer, base, times, load, checks, out)
+    results = summarize(items, runs, seeds, args.split, tokenizer, base, times, load, checks, out, stage1)
     results["parallel"] = args.parallel
     results["ocr_coverage"] = ocr_coverage(warehouse, corpus)
     (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -448,7 +493,9 @@ def _per_scene(items: list[dict], answers: list[dict], keep: set[str]):
     return scenes, [correct[s] for s in scenes], [count[s] for s in scenes]
 
 
-def summarize(items, runs, seeds, split, tokenizer, base, times, load, checks, out: Path) -> dict:
+def summarize(
+    items, runs, seeds, split, tokenizer, base, times, load, checks, out: Path, stage1=None
+) -> dict:
     import torch
 
     from corpora.signs import AUX_ANSWERABLE, CONTROL, NOT_ANSWERABLE
@@ -581,7 +628,8 @@ def summarize(items, runs, seeds, split, tokenizer, base, times, load, checks, o
             "train_questions": train_questions,
             "epochs": round(steps * batch / max(1, train_questions), 2),
         },
-        "non_moai_options": non_moai_options(base),
+        "stage1": stage1 or {"types": [], "steps": 0},
+        "non_moai_options": non_moai_options(base, stage1),
         "config": base,
         "only_difference": "model.use_aux (true for with_aux, false for without_aux); seeds as listed",
         "config_search": {"chosen_on": "val", "tried": len(CONFIG_SEARCH), "log": CONFIG_SEARCH},
@@ -608,7 +656,7 @@ def _points(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(100 * (a - b), 1)
 
 
-def non_moai_options(cfg: dict) -> list[str]:
+def non_moai_options(cfg: dict, stage1: dict | None = None) -> list[str]:
     """What the run does that MoAI-7B does not, read from the config (so it cannot go stale)."""
     from trainer.config import model_config
     from trainer.model import TINY_LLMS, MoAIConfig
@@ -618,8 +666,10 @@ def non_moai_options(cfg: dict) -> list[str]:
     moai = MoAIConfig()
     out = []
     if m.llm in TINY_LLMS:
+        layers = m.tiny_llm.get("num_hidden_layers", 4)
+        width = m.tiny_llm.get("hidden_size", "?")
         out.append(
-            f"LLM: a random-init {m.llm} (width {m.tiny_llm.get('hidden_size', '?')}) instead of a pretrained one"
+            f"LLM: a random-init {m.llm}, {layers} layers of width {width}, instead of a pretrained one"
         )
     if m.train_llm:
         out.append("train_llm: the tiny LLM's layers are trained (MoAI freezes its LLM)")
@@ -633,6 +683,14 @@ def non_moai_options(cfg: dict) -> list[str]:
         out.append(f"aux_positions: {m.aux_positions} learned positions on the aux tokens (MoAI: none)")
     if m.aux_encoder != "embed":
         out.append(f"aux_encoder: {m.aux_encoder} (MoAI: word embeddings)")
+    if m.expert_init != moai.expert_init:
+        out.append(f"expert_init: {m.expert_init} (MoAI: PyTorch's default init of the experts)")
+    if m.num_queries != moai.num_queries or m.compressor_depth != moai.compressor_depth:
+        out.append(
+            f"compressor: {m.num_queries} latents, depth {m.compressor_depth} (MoAI: 64 latents, depth 4)"
+        )
+    if m.mixer_rank >= int(m.tiny_llm.get("hidden_size", 10**9) if m.llm in TINY_LLMS else 10**9):
+        out.append(f"mixer_rank: {m.mixer_rank}, full rank at this width (MoAI: rank 256 of 4096)")
     if m.mixer_every != moai.mixer_every:
         out.append(f"mixer_every: {m.mixer_every} (MoAI: every 8th layer)")
     if m.step1_steps:
@@ -645,6 +703,11 @@ def non_moai_options(cfg: dict) -> list[str]:
         out.append('prompt_format: plain ("USER: … ASSISTANT:", MoAI\'s demo layout; no chat template)')
     if not d.get("aux_map", True):
         out.append("aux_map: off (no panoptic-map tokens)")
+    if stage1 and stage1.get("steps"):
+        out.append(
+            f"curriculum: the first {stage1['steps']} steps train on {'/'.join(stage1['types'])} questions only, "
+            "the rest on every type from those weights (fresh optimizer), in both arms"
+        )
     return out
 
 
@@ -835,7 +898,9 @@ def plot(results: dict, out: Path) -> None:
     bars.set_title(title, fontsize=10)
     for name in results["times_s"]["runs"]:
         arm = "with_aux" if name.endswith("with_aux") else "without_aux"
-        rows = train_losses(out / "train" / name)
+        first = train_losses(out / "train" / f"{name}-stage1")  # a first stage's run, if any
+        offset = first[-1][0] + 1 if first else 0
+        rows = first + [(step + offset, loss) for step, loss in train_losses(out / "train" / name)]
         if not rows:
             continue
         steps, losses = zip(*rows, strict=True)
@@ -844,6 +909,8 @@ def plot(results: dict, out: Path) -> None:
         )
     curves.set_xlabel("step")
     curves.set_ylabel("training loss (answer tokens, nats)")
+    if results.get("stage1", {}).get("steps"):
+        curves.axvline(results["stage1"]["steps"], color="k", lw=0.6, ls=":")
     curves.set_title("training curves, every seed (blue: with aux, grey: without)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=110)

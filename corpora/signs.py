@@ -43,7 +43,7 @@ from pathlib import Path
 
 from corpora.layout import Corpus
 
-SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}  # each split's share of the sign vocabulary (split_of)
 COLOURS = {
     "red": (200, 30, 30),
     "blue": (30, 70, 200),
@@ -69,7 +69,9 @@ TEXT_ANSWER_TYPES = ("read", "read_colour")  # answers that are sign texts
 @dataclass(frozen=True)
 class SignsConfig:
     seed: int = 0
-    images: int = 4000  # over all splits (SPLITS shares): 3200 train, 400 val, 400 test
+    train: int = 8000  # scenes per split (multiples of 8 balance every yes/no question exactly)
+    val: int = 400
+    test: int = 400
     width: int = 320
     height: int = 112
     max_signs: int = 3
@@ -282,7 +284,7 @@ def questions_for(
 
 
 def split_counts(cfg: SignsConfig) -> dict[str, int]:
-    return {s: round(cfg.images * share) for s, share in SPLITS.items()}
+    return {"train": cfg.train, "val": cfg.val, "test": cfg.test}
 
 
 def build_signs(root: Path, cfg: SignsConfig = SignsConfig()) -> Corpus:

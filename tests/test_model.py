@@ -609,3 +609,22 @@ def test_panoptic_map_tokens_reach_the_compressor(model):
     assert torch.equal(
         off.forward_batch({**batch, "aux_pixel_values": maps}).logits, off.forward_batch(batch).logits
     )
+
+
+def test_expert_init_unit_gives_near_unit_gain_projections():
+    with pytest.raises(ValueError, match="expert_init"):
+        tiny(expert_init="xavier")
+    default, unit = tiny(), tiny(expert_init="unit", mixer_rank=32)
+    layer = next(iter(unit.mixers.values()))
+    stds = [
+        m.weight.std().item() * m.in_features**0.5
+        for n, m in layer.named_modules()
+        if isinstance(m, torch.nn.Linear) and not n.startswith("gate_")
+    ]
+    assert len(stds) == 6 * 4 * 2 and all(0.8 < s < 1.2 for s in stds)  # 6 experts x Q,K,V,O x 2 factors
+    pytorch = next(iter(default.mixers.values())).lang_aux.v[0]
+    assert pytorch.weight.std().item() * pytorch.in_features**0.5 < 0.7  # PyTorch's default: ~1/sqrt(3)
+    torch.testing.assert_close(  # the gates keep PyTorch's init, and the same seed gives the same model
+        layer.gate_img.weight,
+        next(iter(tiny(expert_init="unit", mixer_rank=32).mixers.values())).gate_img.weight,
+    )

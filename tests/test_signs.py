@@ -30,14 +30,14 @@ def _load(root, name):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     return build_signs(
-        tmp_path_factory.mktemp("signs") / "s", SignsConfig(seed=1, images=160)
+        tmp_path_factory.mktemp("signs") / "s", SignsConfig(seed=1, train=128, val=16, test=16)
     )  # splits of 128, 16, 16: multiples of 8 balance every yes/no
 
 
 def test_signs_is_deterministic_and_coco_shaped(tmp_path):
     from pycocotools.coco import COCO
 
-    cfg = SignsConfig(seed=3, images=30)
+    cfg = SignsConfig(seed=3, train=24, val=3, test=3)
     a = build_signs(tmp_path / "a", cfg)
     b = build_signs(tmp_path / "b", cfg)
     assert a.splits == ["test", "train", "val"]

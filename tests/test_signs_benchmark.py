@@ -268,3 +268,21 @@ def test_ocr_coverage_counts_sign_texts_found_verbatim(tmp_path, monkeypatch):
 def test_overrides_from_the_command_line(pairs, expected):
     assert signs._overrides(pairs, None) == expected
     assert signs._overrides([], 5) == {"trainer": {"max_steps": 5}}
+
+
+def test_two_stage_training_splits_the_steps_and_starts_the_second_from_the_first(tmp_path):
+    from trainer.config import check_config, resolve_config
+
+    base = resolve_config(signs.CONFIG)
+    cfg = signs.arm_config(base, "with_aux", True, 0, tmp_path / "wh", tmp_path)
+    assert signs.stage_configs(cfg, {"types": ["read"], "steps": 0}) == [cfg]
+    first, second = signs.stage_configs(cfg, {"types": ["read"], "steps": 300})
+    total = cfg["trainer"]["max_steps"]
+    assert first["trainer"]["max_steps"] + second["trainer"]["max_steps"] == total
+    assert first["data"]["train_types"] == ["read"] and "train_types" not in second["data"]
+    assert second["run"]["init_from"] == str(tmp_path / "train" / "seed0-with_aux-stage1")
+    assert second["run"]["name"] == "seed0-with_aux" and first["model"] == second["model"] == cfg["model"]
+    for stage in (first, second):
+        check_config(json.loads(json.dumps(stage)))  # both are valid training configs
+    with pytest.raises(SystemExit, match="stage 1"):
+        signs.stage_configs(cfg, {"types": ["read"], "steps": total})

@@ -11,7 +11,7 @@ from typing import Any
 from core.config import above, at_least, between, check_mapping, fields_of, one_of, read_yaml, shown, typed
 from core.paths import config_file
 from trainer.inputs import PROMPT_FORMATS, DataConfig
-from trainer.model import AUX_ENCODERS, MODES, PRESETS, MoAIConfig
+from trainer.model import AUX_ENCODERS, EXPERT_INITS, MODES, PRESETS, MoAIConfig
 
 SECTIONS = ("model", "data", "optim", "trainer", "run")
 
@@ -51,6 +51,7 @@ MODEL_CHECKS = {
     "preset": one_of(*PRESETS),
     "mode": one_of(*MODES),
     "aux_encoder": one_of(*AUX_ENCODERS),
+    "expert_init": one_of(*EXPERT_INITS),
     "gate_top_k": between(0, 3),  # of the 3 experts per side; 0: dense
     "image_size": at_least(1),
     "aux_positions": at_least(0),

@@ -274,13 +274,16 @@ class _WarehouseData:
         caches = self._caches(wh)
         maps = aux_maps(wh, self.cfg.dataset) if self.cfg.aux_map and self.cfg.use_aux else None
 
-        def split_set(splits: list[str] | None) -> InstructionDataset:
+        def split_set(splits: list[str] | None, types: list[str] | None = None) -> InstructionDataset:
             examples = load_examples(wh, self.cfg.dataset, splits)
+            if types is not None:
+                keep = pa.array([t in set(types) for t in examples.column("type").to_pylist()])
+                examples = examples.filter(keep)
             return InstructionDataset(
                 examples, corpus.root, self.tokenizer, self.cfg, image_dirs, **caches, aux_maps=maps
             )
 
-        self.train_set = split_set(self.cfg.train_splits)
+        self.train_set = split_set(self.cfg.train_splits, self.cfg.train_types)
         if len(self.train_set) == 0:
             from core.errors import UserError
 

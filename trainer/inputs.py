@@ -251,6 +251,9 @@ class DataConfig:
     warehouse: str = str(DEFAULT_WAREHOUSE)
     train_splits: list[str] | None = None
     val_splits: list[str] | None = None
+    # train only on instructions of these types (e.g. a first stage on reading questions, continued
+    # with run.init_from on everything); None: every type
+    train_types: list[str] | None = None
     batch_size: int = 4
     num_workers: int = 0
     seed: int = 0

@@ -58,6 +58,7 @@ EXPERT_NAMES = (("aux", "language", "self"), ("aux", "image", "self"))  # per si
 TRAINED_PREFIXES = ("projector.", "compressor.", "mixers.")  # the modules this file owns
 MODES = ("step1", "step2", "eval")  # step1: one random expert per side and layer | step2/eval: gated
 AUX_ENCODERS = ("embed", "llm")
+EXPERT_INITS = ("default", "unit")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -101,6 +102,11 @@ class MoAIConfig:
     mixer_every: int = 8
     mixer_heads: int = 4
     mixer_rank: int = 64
+    # Initial weights of the mixer's experts: "default" is PyTorch's (MoAI, its issue #22), which scales
+    # each of an expert's eight stacked projections by ~1/sqrt(3), so a fresh expert passes on a few
+    # percent of its input and learning to route content through it starts on a long plateau;
+    # "unit": normal with std 1/sqrt(fan_in), each projection near unit gain.
+    expert_init: str = "default"
 
     # Training
     mode: str = "step2"  # step1: one random expert per side and layer | step2: gated mixture | eval: gated
@@ -581,6 +587,8 @@ class MoAI(nn.Module):
             raise ValueError(
                 "freeze_embeddings only means something with train_llm (the LLM is frozen anyway)"
             )
+        if config.expert_init not in EXPERT_INITS:
+            raise ValueError(f"expert_init must be one of {EXPERT_INITS}, not {config.expert_init!r}")
         if config.aux_encoder not in AUX_ENCODERS:
             raise ValueError(f"aux_encoder must be one of {AUX_ENCODERS}, not {config.aux_encoder!r}")
         if config.mode not in MODES:
@@ -606,6 +614,11 @@ class MoAI(nn.Module):
             self.mixers = nn.ModuleDict(
                 {str(i): MixerLayer(dim, config.mixer_heads, config.mixer_rank) for i in self.mixer_layers}
             )
+            if config.expert_init == "unit":
+                for mixer in self.mixers.values():
+                    for name, module in mixer.named_modules():
+                        if isinstance(module, nn.Linear) and not name.startswith("gate_"):
+                            nn.init.normal_(module.weight, std=module.in_features**-0.5)
         if config.projector_weights:
             state = torch.load(config.projector_weights, map_location="cpu", weights_only=True)
             self.projector.load_state_dict({k.removeprefix("projector."): v for k, v in state.items()})
