@@ -3,6 +3,8 @@
 A corpus lives in a folder laid out like COCO 2017::
 
     <root>/annotations/instances_<split>.json   # {"images": [{"id", "file_name", "width", "height"}...]}
+    <root>/annotations/images_<split>.parquet   # or the same listing as a Parquet table (registered
+                                                # folders: id, file_name, width, height, size, mtime_ns)
     <root>/<split>/<file_name>                  # the official COCO layout (train2017/, val2017/)
     <root>/images/<split>/<file_name>           # the layout our generated corpora use
 
@@ -48,12 +50,13 @@ class Corpus:
 
     @property
     def splits(self) -> list[str]:
-        found = []
-        for ann in sorted((self.root / "annotations").glob("instances_*.json")):
-            split = ann.stem.removeprefix("instances_")
-            if self.image_dir(split) is not None:
-                found.append(split)
-        return found
+        found = set()
+        for pattern, prefix in (("instances_*.json", "instances_"), ("images_*.parquet", "images_")):
+            for ann in (self.root / "annotations").glob(pattern):
+                split = ann.stem.removeprefix(prefix)
+                if self.image_dir(split) is not None:
+                    found.add(split)
+        return sorted(found)
 
     def image_dir(self, split: str) -> Path | None:
         for candidate in (self.root / split, self.root / "images" / split):
@@ -64,16 +67,33 @@ class Corpus:
     def annotations_file(self, split: str) -> Path:
         return self.root / "annotations" / f"instances_{split}.json"
 
-    def images(self, splits: list[str] | None = None) -> Iterator[ImageRef]:
+    def listing_table(self, split: str) -> Path:
+        """A split's listing as a Parquet table (registered folders); when it exists it is the listing."""
+        return self.root / "annotations" / f"images_{split}.parquet"
+
+    def _image_dir(self, split: str) -> Path:
+        image_dir = self.image_dir(split)
+        if image_dir is None:
+            raise DatasetError(
+                f"Dataset '{self.name}' has no image folder for split '{split}' under {self.root}."
+            )
+        return image_dir
+
+    def listings(self, splits: list[str] | None = None) -> Iterator[tuple[str, Path, Path | list[dict]]]:
+        """(split, image folder, listing) per split: the listing is a Parquet table's path (read it in
+        bounded memory) or the COCO JSON's image entries."""
         for split in splits or self.splits:
-            image_dir = self.image_dir(split)
-            if image_dir is None:
-                raise DatasetError(
-                    f"Dataset '{self.name}' has no image folder for split '{split}' under {self.root}."
-                )
+            image_dir = self._image_dir(split)
+            table = self.listing_table(split)
+            if table.is_file():
+                yield split, image_dir, table
+                continue
             with open(self.annotations_file(split), encoding="utf-8") as f:
-                listing = json.load(f)
-            for entry in listing.get("images", []):
+                yield split, image_dir, json.load(f).get("images", [])
+
+    def images(self, splits: list[str] | None = None) -> Iterator[ImageRef]:
+        for split, image_dir, listing in self.listings(splits):
+            for entry in _entries(listing):
                 yield ImageRef(
                     dataset=self.name,
                     split=split,
@@ -83,6 +103,16 @@ class Corpus:
                     width=entry.get("width"),
                     height=entry.get("height"),
                 )
+
+
+def _entries(listing: Path | list[dict]) -> Iterator[dict]:
+    if isinstance(listing, list):
+        yield from listing
+        return
+    import pyarrow.parquet as pq
+
+    for batch in pq.ParquetFile(listing).iter_batches(columns=["id", "file_name", "width", "height"]):
+        yield from batch.to_pylist()
 
 
 def find_image(corpus: Corpus, image: str) -> ImageRef:

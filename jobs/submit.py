@@ -33,8 +33,18 @@ def submit(
     if upload:
         runtime_env.update(working_dir=str(REPO), excludes=EXCLUDES)
     entrypoint = " ".join([sys.executable, "-m", "jobs.entrypoint", *annotate_args])
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, entrypoint_num_cpus=0)
     deadline = time.monotonic() + timeout_s
+    agent_wait = time.monotonic() + 60.0
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, entrypoint_num_cpus=0)
+            break
+        except RuntimeError as err:
+            # Right after `ray start` the head's job agent may not be up yet: Ray answers 500 "No available
+            # agent to submit job, please try again later". Try again for up to a minute, then say so.
+            if "No available agent" not in str(err) or time.monotonic() > agent_wait:
+                raise
+            time.sleep(2.0)
     while True:
         status = client.get_job_status(job_id)
         if status.is_terminal() or time.monotonic() > deadline:

@@ -1,6 +1,7 @@
 """`moai annotate`: plan what is missing, run the experts, verbalize, commit exactly once.
 
-corpus → plan (skip committed keys) → decode → detection → segmentation → sgg → ocr
+corpus → plan (pipeline/plan.py: listing ⋈ ledger in DuckDB, spooled to Parquet)
+       → decode → detection → segmentation → sgg → ocr
        → verbalize → commit (atomic, every `commit_every` images) → runs row + summary
 """
 
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,88 +23,14 @@ from core.errors import UserError
 from core.paths import DEFAULT_WAREHOUSE
 from corpora.resolve import resolve_corpus
 from pipeline.estimate import Estimate, estimate
+from pipeline.plan import Plan, make_plan
 from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_hashes
-from pipeline.stages import new_row
 from pipeline.terminal import Progress, quiet
 from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
-from warehouse.current import current_records
 from warehouse.rows import table_rows_for
-from warehouse.schema import DECODE_KEY
 from warehouse.store import Warehouse
 
-
-@dataclass
-class Plan:
-    rows: list[dict]
-    listed: int
-    skipped: int  # images with nothing left to do
-    decode_done: set[int] = field(default_factory=set)  # images whose `images` row is committed
-
-
-def _ledger(wh: Warehouse, dataset: str) -> dict[tuple[int, str, str], str]:
-    """(image, expert, config) -> 'ok' or 'error'. A key finished after an earlier failure is 'ok'."""
-    table = wh.query(
-        "SELECT image_id, expert, config_hash, CASE WHEN bool_or(status = 'ok') THEN 'ok' ELSE 'error' END "
-        "AS status FROM done WHERE dataset = ? GROUP BY ALL",
-        [dataset],
-    )
-    cols = table.to_pydict()
-    return {
-        (i, e, h): s
-        for i, e, h, s in zip(
-            cols["image_id"], cols["expert"], cols["config_hash"], cols["status"], strict=True
-        )
-    }
-
-
-def make_plan(
-    corpus,
-    profile: Profile,
-    hashes: dict[str, str],
-    wh: Warehouse,
-    aux_key: str,
-    limit: int | None = None,
-    splits: list[str] | None = None,
-    retry_errors: bool = False,
-) -> Plan:
-    """What is left to do. With `retry_errors`, keys that failed before (an unreadable file, an expert
-    error) are planned again; the commit lets a retry finish a failed key, never a finished one."""
-    ledger = _ledger(wh, corpus.name)
-    if retry_errors:
-        ledger = {k: s for k, s in ledger.items() if s == "ok"}
-    rows, skipped, listed = [], 0, 0
-    decode_done: set[int] = set()
-    needs_stored: dict[str, set[int]] = {name: set() for name in EXPERT_NAMES}
-    for ref in corpus.images(splits):
-        if limit is not None and listed >= limit:
-            break
-        listed += 1
-        decode_status = ledger.get((ref.image_id, "decode", DECODE_KEY))
-        if decode_status == "error":
-            skipped += 1  # already recorded in `errors`; never both annotated and an error
-            continue
-        todo = [n for n in profile.experts if (ref.image_id, n, hashes[n]) not in ledger]
-        aux_missing = (ref.image_id, "aux", aux_key) not in ledger
-        if not todo and not aux_missing:
-            skipped += 1
-            continue
-        if decode_status == "ok":
-            decode_done.add(ref.image_id)
-        for name in profile.experts:
-            if name not in todo:
-                needs_stored[name].add(ref.image_id)
-        rows.append((ref, todo))
-    stored = {
-        n: current_records(wh, corpus.name, n, ids, config_hash=hashes[n]) if ids else {}
-        for n, ids in needs_stored.items()
-        if n in profile.experts
-    }
-    built = []
-    for ref, todo in rows:
-        built.append(
-            new_row(ref, todo, {n: stored[n][ref.image_id] for n in stored if ref.image_id in stored[n]})
-        )
-    return Plan(built, listed, skipped, decode_done)
+COMPACT_EVERY = 64  # commits between compactions during a run (and the files a partition must reach)
 
 
 def _versions() -> dict[str, str]:
@@ -196,11 +124,14 @@ def plan(
     wh = Warehouse(warehouse)
     hashes = plan_hashes(profile)
     aux_key = aux_hash(verbalizer_hash(profile.verbalize), hashes)
-    work = make_plan(
-        corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits, retry_errors=retry_errors
-    )
-    executor = executor or os.environ.get("MOAI_EXECUTOR", "ray")
-    return estimate(work, profile, hashes, wh, executor, job.batch_size, probe=probe)
+    spool = Path(tempfile.mkdtemp(prefix="moai-plan-"))  # a dry run writes nothing to the warehouse
+    try:
+        work = make_plan(corpus, profile, hashes, wh, aux_key, spool, "plan", limit=limit, splits=job.splits,
+                         retry_errors=retry_errors)  # fmt: skip
+        executor = executor or os.environ.get("MOAI_EXECUTOR", "ray")
+        return estimate(work, profile, hashes, wh, executor, job.batch_size, probe=probe)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
 
 
 def run_annotation(
@@ -235,18 +166,29 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     hashes = plan_hashes(profile)
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
-    plan = make_plan(
-        corpus, profile, hashes, wh, aux_key, limit=limit, splits=job.splits, retry_errors=retry_errors
-    )
+    plans = wh.root / "_plans"  # this dataset's run lock is held: earlier runs' spools are stale
+    for stale in plans.glob(f"{corpus.name}--*") if plans.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, plans / f"{corpus.name}--{run_id}", run_id,
+                     limit=limit, splits=job.splits, retry_errors=retry_errors)  # fmt: skip
+    try:
+        return _run_plan(
+            corpus, profile, job, wh, executor, out, plan, run_id, started, hashes, vhash, aux_key
+        )
+    finally:
+        plan.remove()
+
+
+def _run_plan(
+    corpus, profile, job, wh, executor, out, plan: Plan, run_id, started, hashes, vhash, aux_key
+) -> int:
     print(
         f"[annotate] dataset={corpus.name} profile={profile.name} run={run_id}: {plan.listed} images listed, "
-        f"{plan.skipped} already done, {len(plan.rows)} to process",
+        f"{plan.skipped} already done, {plan.count} to process",
         file=sys.stderr,
     )
-    for row in plan.rows:
-        row["run_id"] = run_id
     expected = estimate(plan, profile, hashes, wh, executor, job.batch_size, probe=False).seconds
-    if plan.rows:
+    if plan.count:
         print(
             f"[annotate] estimate: ~{expected:.0f} s from this warehouse's history" if expected is not None
             else "[annotate] estimate: none yet (no earlier run of these experts here; `moai plan` probes)",
@@ -254,15 +196,14 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
         )  # fmt: skip
     tally = Tally(list(profile.experts))
     start = time.perf_counter()
-    if plan.rows:
+    if plan.count:
         log_path = Path(wh.root).parent / "logs" / f"annotate-{run_id}.log"
         print(f"[annotate] worker and library output: {log_path}", file=sys.stderr)
         with quiet(log_path) as terminal:
-            progress = Progress(len(plan.rows), list(profile.experts), stream=terminal)
-            pending: dict[str, list[dict]] = {}
-            n_pending = 0
+            progress = Progress(plan.count, list(profile.experts), stream=terminal)
+            committer = Committer(wh, job.commit_every)
             for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal)):
-                tables = table_rows_for(row, hashes, row["image_id"] in plan.decode_done)
+                tables = table_rows_for(row, hashes, row["decode_committed"])
                 if not row["decode_reason"]:
                     aux, done = aux_rows(
                         row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
@@ -272,16 +213,10 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
                     tables["done"].append(done)
                 tally.add(row, tables)
                 tally.counts.setdefault("startup_s", round(time.perf_counter() - start, 2))
-                for table, rows in tables.items():
-                    pending.setdefault(table, []).extend(rows)
-                n_pending += 1
                 progress.update(row)
-                if n_pending >= job.commit_every:
-                    wh.commit(pending)
-                    pending, n_pending = {}, 0
+                committer.add(tables)
             progress.close()
-            if pending:
-                wh.commit(pending)
+            committer.flush()
     elapsed = time.perf_counter() - start
     wh.commit(
         {"runs": [_runs_row(run_id, corpus, profile, job, executor, hashes, plan, tally, started, elapsed)]}
@@ -293,14 +228,41 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     return 0
 
 
+class Committer:
+    """The driver's commits: one every `commit_every` images (all their tables at once), and a
+    compaction of the small files every COMPACT_EVERY commits, so a long run keeps few files and its
+    commits (whose key check reads the ledger) stay cheap."""
+
+    def __init__(self, wh: Warehouse, commit_every: int):
+        self.wh, self.commit_every = wh, commit_every
+        self.pending: dict[str, list[dict]] = {}
+        self.images = self.commits = 0
+
+    def add(self, tables: dict[str, list[dict]]) -> None:
+        """One image's rows, by table."""
+        for table, rows in tables.items():
+            self.pending.setdefault(table, []).extend(rows)
+        self.images += 1
+        if self.images >= self.commit_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.images:
+            return
+        self.wh.commit(self.pending)
+        self.pending, self.images, self.commits = {}, 0, self.commits + 1
+        if self.commits % COMPACT_EVERY == 0:
+            self.wh.compact(min_files=COMPACT_EVERY)
+
+
 def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Warehouse, terminal=sys.stderr):
     """Finished rows from the chosen executor, for the experts this plan still needs."""
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
 
-    needed = [n for n in profile.experts if any(n in r["todo"].split(",") for r in plan.rows)]
+    needed = [n for n in profile.experts if plan.todo.get(n)]
     if executor == "local":
         specs = [StageSpec(n, profile.experts[n], job.batch_size) for n in needed]
-        return run_local(plan.rows, specs, job.batch_size)
+        return run_local(plan.batches(job.batch_size), specs, job.batch_size)
     if executor != "ray":
         raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
     import ray
@@ -324,7 +286,7 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
         file=terminal,
     )
-    return run_ray(plan.rows, specs, job.batch_size)
+    return run_ray(plan.files, specs, job.batch_size)
 
 
 def actor_pools(
@@ -394,9 +356,9 @@ def _runs_row(run_id, corpus, profile, job, executor, hashes, plan, tally: Tally
         "started_at": started,
         "finished_at": datetime.now(timezone.utc),
         "images_listed": plan.listed,
-        "images_processed": len(plan.rows),
+        "images_processed": plan.count,
         "errors": tally.errors,
-        "images_per_s": len(plan.rows) / elapsed if elapsed > 0 and plan.rows else 0.0,
+        "images_per_s": plan.count / elapsed if elapsed > 0 and plan.count else 0.0,
         "counts_json": json.dumps(counts),
         "config_json": json.dumps(config),
         "versions_json": json.dumps(_versions()),
@@ -431,8 +393,8 @@ def _unwrap_worker_errors(stream):
 def print_summary(out, dataset, run_id, plan, counts, seconds, elapsed, n_errors, wh, profile) -> None:
     lines = [
         f"\nannotate {dataset}  run {run_id}",
-        f"  images: {plan.listed} listed, {plan.skipped} already done, {len(plan.rows)} processed "
-        f"in {elapsed:.1f}s ({len(plan.rows) / elapsed if elapsed and plan.rows else 0:.2f} img/s), "
+        f"  images: {plan.listed} listed, {plan.skipped} already done, {plan.count} processed "
+        f"in {elapsed:.1f}s ({plan.count / elapsed if elapsed and plan.count else 0:.2f} img/s), "
         f"{n_errors} errors",
         f"  {'expert':<13}{'images':>8}{'errors':>8}{'ms/img':>9}  rows",
     ]

@@ -100,7 +100,9 @@ def run_history(wh) -> list[dict]:
     return rows
 
 
-def expert_ms_from_history(runs: list[dict], name: str, config: dict, plan_hash: str) -> tuple[float, str] | None:
+def expert_ms_from_history(
+    runs: list[dict], name: str, config: dict, plan_hash: str
+) -> tuple[float, str] | None:
     """Model ms per image of this expert from earlier runs: the same config first, then backend + model."""
     for tier, same in (
         ("same config", lambda c: c.get("plan_hashes", {}).get(name) == plan_hash),
@@ -121,7 +123,7 @@ def _probe(plan, profile, names: list[str], batch_size: int) -> tuple[dict[str, 
     """Run the experts here on up to PROBE_IMAGES planned images: (ms/img by expert, load seconds, rows)."""
     from pipeline.stages import ExpertStage, decode_rows
 
-    rows = decode_rows([dict(r) for r in plan.rows[:PROBE_IMAGES]])
+    rows = decode_rows(plan.head(PROBE_IMAGES))
     ms: dict[str, float] = {}
     load_s = 0.0
     for name in EXPERTS:  # registry order: upstream experts' records exist before they are read
@@ -190,10 +192,9 @@ def _probe_bytes_per_image(rows: list[dict], hashes: dict[str, str], profile) ->
 def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: bool = True) -> Estimate:
     """What `plan` would cost under `executor` (see the module docstring). Without `probe`, only the
     history answers (what `moai annotate` prints at start: it does not load models twice)."""
-    todo = {n: sum(n in r["todo"].split(",") for r in plan.rows) for n in profile.experts}
-    est = Estimate(plan.listed, plan.skipped, len(plan.rows), executor,
-                   {n: ExpertCost(todo[n]) for n in profile.experts})  # fmt: skip
-    if not plan.rows:
+    est = Estimate(plan.listed, plan.skipped, plan.count, executor,
+                   {n: ExpertCost(plan.todo.get(n, 0)) for n in profile.experts})  # fmt: skip
+    if not plan.count:
         return est
     runs = run_history(wh)
     for name, cost in est.experts.items():
@@ -207,7 +208,7 @@ def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: b
         measured, load_s, probe_rows = _probe(plan, profile, missing, batch_size)
         for name, ms in measured.items():
             est.experts[name].ms_per_image = ms
-            est.experts[name].source = f"probe: {min(len(plan.rows), PROBE_IMAGES)} images here"
+            est.experts[name].source = f"probe: {min(plan.count, PROBE_IMAGES)} images here"
     same = [r for r in runs if r["config"].get("plan_hashes") == hashes and r["config"].get("executor") == executor
             and r["images_processed"] and "startup_s" in r["counts"]]  # fmt: skip
     if same:  # an earlier run of exactly this: its own wall time per image and start-up
@@ -217,7 +218,7 @@ def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: b
         est.startup_s = sum(r["counts"]["startup_s"] for r in same) / len(same)
         est.per_image_source = f"as {len(same)} earlier runs of these configs"
     elif all(c.ms_per_image is not None for c in est.experts.values() if c.todo):
-        share = {n: c.ms_per_image * c.todo / len(plan.rows) / 1000 for n, c in est.experts.items() if c.todo}
+        share = {n: c.ms_per_image * c.todo / plan.count / 1000 for n, c in est.experts.items() if c.todo}
         cores = os.cpu_count() or 1
         if executor == "ray":
             est.per_image_s = max(max(share.values()), sum(share.values()) / cores)
@@ -227,7 +228,7 @@ def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: b
             est.per_image_source = "experts one after another"
         loads = load_s if load_s is not None else 0.0
         est.startup_s = loads + (RAY_START_S if executor == "ray" else 0.0)
-    est.bytes_per_image = _warehouse_bytes_per_image(wh, plan.rows[0]["dataset"]) or (
+    est.bytes_per_image = _warehouse_bytes_per_image(wh, plan.dataset) or (
         _probe_bytes_per_image(probe_rows, hashes, profile) if probe_rows else None
     )
     return est

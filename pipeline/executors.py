@@ -1,14 +1,16 @@
 """Where the stages run: in this process (`local`) or as a Ray Data streaming job (`ray`).
 
-Both take the planned rows and the per-expert stage settings and yield finished rows (without
-pixels) as they complete, in no particular order.
+Both read the plan (pipeline/plan.py: Parquet files of stage rows) and the per-expert stage settings
+and yield finished rows (without pixels) as they complete, in no particular order. Neither holds the
+whole plan: the local executor reads it batch by batch, Ray Data reads the files on the cluster.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.stages import ExpertStage, decode_rows
 
@@ -24,16 +26,17 @@ class StageSpec:
     memory_mb: int = 0  # what one actor needs (annotators/registry.py); Ray reserves it when scheduling
 
 
-def run_local(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
+def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
     """The naive baseline and the test executor: one process, stages one after another per batch."""
     stages = [ExpertStage(s.name, s.config, s.batch_size) for s in specs]
-    for start in range(0, len(rows), batch_size):
-        batch = decode_rows(rows[start : start + batch_size])
-        for stage in stages:
-            batch = stage(batch)
-        for row in batch:
-            row["pixels"] = b""
-            yield row
+    for rows in batches:
+        for start in range(0, len(rows), batch_size):
+            batch = decode_rows(rows[start : start + batch_size])
+            for stage in stages:
+                batch = stage(batch)
+            for row in batch:
+                row["pixels"] = b""
+                yield row
 
 
 class _ArrowExpertStage:
@@ -77,17 +80,33 @@ def init_ray(num_cpus: int | None = None) -> str:
     return f"local ray runtime ({num_cpus or os.cpu_count()} CPUs)"
 
 
-def run_ray(rows: list[dict], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
+def _read_plan_groups(descriptors):
+    """Plan row groups in (one per descriptor row: file, group), their rows out: read on the worker."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = descriptors.column("file").to_pylist()
+    groups = descriptors.column("group").to_pylist()
+    return pa.concat_tables([pq.ParquetFile(f).read_row_group(g) for f, g in zip(files, groups, strict=True)])
+
+
+def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
+    import pyarrow.parquet as pq
     import ray.data
     from ray.data import ActorPoolStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
-    table = pa.Table.from_pylist(rows)
-    step = max(batch_size, -(-len(rows) // 256))  # at most 256 input blocks of >= one batch each
-    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(rows), step)])
+    # The driver sends only (file, row group) pairs; the workers read the plan's rows from the files
+    # (the warehouse is on storage the cluster shares). One block per row group: small plans still
+    # spread over every actor, big ones stream. Reading takes a sliver of a CPU, never a whole one
+    # that the expert actors hold (a task asking for a full CPU would wait for ever on a full node).
+    descriptors = [
+        {"file": str(f), "group": g} for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)
+    ]
+    ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(1024, len(descriptors))))
+    ds = ds.map_batches(_read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05)
     ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
     for spec in specs:
         ds = ds.map_batches(

@@ -29,7 +29,11 @@ def _ids(listing: dict) -> dict[str, int]:
 
 
 def _listing(root: Path) -> dict:
-    return json.loads((root / "mine" / "annotations" / f"instances_{SPLIT}.json").read_text())
+    """The listing as plain pyarrow reads it: {"images": [entries], "next_id": int}."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "mine" / "annotations" / f"images_{SPLIT}.parquet")
+    return {"images": table.to_pylist(), "next_id": int(table.schema.metadata[b"next_id"])}
 
 
 def _bump_mtime(path: Path, before_ns: int) -> None:
@@ -107,7 +111,8 @@ def test_old_listing_adopts_stamps_and_keeps_ids(tmp_path):
     path = _write(folder / "a.png", (10, 20))
     _write(folder / "b.png", (8, 8))
     register_folder("mine", folder, root)
-    listing_path = root / "mine" / "annotations" / f"instances_{SPLIT}.json"
+    (root / "mine" / "annotations" / f"images_{SPLIT}.parquet").unlink()  # as an earlier version left it:
+    listing_path = root / "mine" / "annotations" / f"instances_{SPLIT}.json"  # a COCO JSON listing
     old = {
         "images": [
             {"id": 7, "file_name": "a.png", "width": 10, "height": 20},
@@ -120,22 +125,40 @@ def test_old_listing_adopts_stamps_and_keeps_ids(tmp_path):
 
     assert _ids(_register(folder, root)) == {"a.png": 7, "b.png": 9}
     assert _listing(root)["next_id"] == 10
+    assert not listing_path.exists()  # replaced by the Parquet listing, which has every field
     before = path.stat()
     _write(path, (30, 40), "blue")
     _bump_mtime(path, before.st_mtime_ns)
     assert _register(folder, root)["a.png"] == (10, 30, 40)
 
 
-def test_listing_still_opens_in_pycocotools(tmp_path):
-    from pycocotools.coco import COCO
+def test_listing_is_a_plain_parquet_table(tmp_path):
+    """Readable without our code (DuckDB here), one row per file, in path order."""
+    import duckdb
 
     folder, root = tmp_path / "imgs", tmp_path / "data"
     _write(folder / "a.png", (10, 20))
     _write(folder / "sub" / "b.png", (8, 8))
+    (folder / "notes.txt").write_text("not an image")
     register_folder("mine", folder, root)
-    coco = COCO(str(root / "mine" / "annotations" / f"instances_{SPLIT}.json"))
-    assert sorted(coco.getImgIds()) == [1, 2]
-    assert coco.loadImgs(1)[0]["file_name"] == "a.png"
+    rows = duckdb.sql(
+        f"SELECT id, file_name, width, height FROM '{root}/mine/annotations/images_{SPLIT}.parquet'"
+    ).fetchall()
+    assert rows == [(1, "a.png", 10, 20), (2, "sub/b.png", 8, 8)]
+
+
+def test_many_new_files_are_read_in_parallel_with_the_same_result(tmp_path, monkeypatch):
+    import corpora.folder as folder_mod
+
+    folder, root = tmp_path / "imgs", tmp_path / "data"
+    for i in range(40):
+        _write(folder / f"d{i % 3}" / f"{i:03d}.png", (5 + i, 7))
+    (folder / "d0" / "bad.png").write_bytes(b"not a png")
+    serial = _register(folder, root / "serial")
+    monkeypatch.setattr(folder_mod, "PARALLEL_FROM", 1)  # every header through the process pool
+    parallel = _register(folder, root / "parallel")
+    assert parallel == serial and len(serial) == 41
+    assert serial["d0/bad.png"][1:] == (None, None) and serial["d1/001.png"][1:] == (6, 7)
 
 
 def _deep_folder(parent: Path, levels: int = 22) -> None:

@@ -26,14 +26,17 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def build_views(con, manifest: dict, root) -> list[str]:
-    """One view per table over the manifest's files; returns the files the views read.
+def build_views(con, manifest: dict, root, tables=None) -> list[str]:
+    """One view per table (all, or those named in `tables`) over the manifest's files; returns the
+    files the views read.
 
     Each table stands alone: a table whose files cannot be read (missing, truncated) gets a view
     with its columns that raises when queried, so the other tables stay usable.
     """
     readable: list[str] = []
     for table, schema in TABLES.items():
+        if tables is not None and table not in tables:
+            continue
         files = [str(root / r) for r in manifest["tables"].get(table, [])]
         if not files:
             _typed_view(con, table, schema, "NULL", "WHERE false")

@@ -72,6 +72,19 @@ def _write_json_durably(path: Path, data: dict) -> None:
     _fsync_dir(path.parent)
 
 
+@contextmanager
+def plain_errors():
+    """A damaged table's view (warehouse/duck.py) raises its own message: pass it on plainly."""
+    import duckdb
+
+    try:
+        yield
+    except duckdb.Error as err:
+        if "moai warehouse check" in str(err):
+            raise WarehouseError(str(err).split("Error: ", 1)[-1].strip()) from None
+        raise
+
+
 class Warehouse:
     def __init__(self, root: str | Path, retire_grace_s: float = RETIRE_GRACE_S):
         self.root = Path(root)
@@ -121,25 +134,22 @@ class Warehouse:
             rel = [r for r in rel if f"/dataset={dataset}/" in f"/{r}"]
         return [self.root / r for r in rel]
 
-    def connect(self, database: str = ":memory:"):
-        """A DuckDB connection with one view per table over the committed files only."""
+    def connect(self, database: str = ":memory:", tables=None, manifest: dict | None = None):
+        """A DuckDB connection with one view per table (all, or those in `tables`) over the committed
+        files only (of `manifest`, when the caller holds it already)."""
         from warehouse.duck import build_views, open_connection
 
         con = open_connection(database)
-        build_views(con, self.manifest(), self.root)
+        build_views(con, manifest or self.manifest(), self.root, tables)
         return con
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
-        import duckdb
-
         con = self.connect()
         try:
-            return con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
-        except duckdb.Error as err:
-            # a damaged table's view (warehouse/duck.py) raises its own message: pass it on plainly
-            if "moai warehouse check" in str(err):
-                raise WarehouseError(str(err).split("Error: ", 1)[-1].strip()) from None
-            raise
+            with plain_errors():
+                return (
+                    con.sql(sql, params=params).to_arrow_table() if params else con.sql(sql).to_arrow_table()
+                )
         finally:
             con.close()
 
@@ -264,19 +274,25 @@ class Warehouse:
 
     def _drop_committed(self, data: dict[str, pa.Table]) -> dict[str, pa.Table]:
         """Drop incoming rows whose key is already committed (see the module docstring)."""
-        con = None
+        # One connection with views of only the tables checked here: the cost of a commit must not grow
+        # with the number of tables' files it never reads. The ledger is read only over the incoming
+        # images' id range, which Parquet's row-group statistics use to skip most of it.
+        manifest = self.manifest()
+        needed = [t for t in ("done", *UNIQUE_KEYS) if t in data and manifest["tables"].get(t)]
+        con = self.connect(tables=needed, manifest=manifest) if needed else None
         try:
             done = data.get("done")
-            if done is not None and done.num_rows and self.manifest()["tables"].get("done"):
-                con = con or self.connect()
+            if done is not None and done.num_rows and "done" in needed:
                 con.register(
                     "incoming", done.select(["dataset", "image_id", "expert", "config_hash", "status"])
                 )
                 datasets = ", ".join(_sql_str(d) for d in set(done.column("dataset").to_pylist()))
+                low, high = pc.min(done.column("image_id")).as_py(), pc.max(done.column("image_id")).as_py()
                 clash = con.sql(
                     f"""SELECT i.dataset, i.image_id, i.expert, i.config_hash FROM incoming i
                     JOIN (SELECT dataset, image_id, expert, config_hash, bool_or(status = 'ok') AS ok
-                          FROM done WHERE dataset IN ({datasets}) GROUP BY ALL) d
+                          FROM done WHERE dataset IN ({datasets}) AND image_id BETWEEN {int(low)} AND {int(high)}
+                          GROUP BY ALL) d
                     USING (dataset, image_id, expert, config_hash)
                     WHERE d.ok OR i.status <> 'ok'"""
                 ).fetchall()
@@ -288,9 +304,8 @@ class Warehouse:
                             data[table] = _without(data[table], taken, expert, chash)
             for table, key in UNIQUE_KEYS.items():
                 rows = data.get(table)
-                if rows is None or not rows.num_rows or not self.manifest()["tables"].get(table):
+                if rows is None or not rows.num_rows or table not in needed:
                     continue
-                con = con or self.connect()
                 con.register("incoming_keys", rows.select(list(key)))
                 datasets = ", ".join(_sql_str(d) for d in set(rows.column("dataset").to_pylist()))
                 cols = ", ".join(key)
@@ -410,6 +425,8 @@ class Warehouse:
                 for rel in manifest["tables"].get(table, []):
                     by_partition.setdefault(str(Path(rel).parent), []).append(rel)
                 for partition, rels in by_partition.items():
+                    # files already near the target size stay: compacting often never rewrites big data
+                    rels = [r for r in rels if _size(self.root / r) < TARGET_FILE_BYTES // 4]
                     if len(rels) < min_files:
                         continue
                     new_rels: list[str] = []
@@ -433,6 +450,13 @@ class Warehouse:
             shutil.rmtree(self.root / "_staging", ignore_errors=True)
             self._purge_retired_locked(manifest)
         return retired
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # a missing file is the readers' error to report; merging it fails loudly
 
 
 def with_dataset_column(rows: pa.Table, schema: pa.Schema, dataset: str) -> pa.Table:

@@ -1,0 +1,225 @@
+"""The driver at scale: registration, planning, committing and the nothing-to-do rerun at N images.
+
+    python -m benchmarks.scale [--sizes 10000,100000] [--out outputs/bench]   → outputs/bench/scale.json
+    python -m benchmarks.scale --sizes 1000000                                  (1M: opt-in, ~10 min)
+
+SYNTHETIC: the corpus is N hard links to one 8x8 PNG (distinct names in folders of 10,000), and the
+configuration is the cheap OCR-only profile `signs-ocr`. The experts do not run: the commit step
+feeds every planned row through the driver's real path (the stage row → `table_rows_for` →
+verbalizer → `aux_rows` → `Committer`: a commit every `commit_every` images, a compaction of small
+files every 64 commits; a last compaction at the end) with the
+expert's identity and "nothing found" as its output. So the numbers are the driver's own costs, what
+stays when the experts scale out on a cluster:
+
+- register: `moai` registering the folder the first time (one header read per file, in parallel);
+- plan: `moai plan --no-probe` over the registered folder (re-registration: a stat per file; then the
+  DuckDB anti-join of the listing against the ledger, spooled to Parquet), nothing annotated yet;
+- commit: rows committed per second and files written (before and after compaction);
+- rerun: `moai annotate` when everything is done (re-registration, planning, nothing to run).
+
+Each step runs in its own process; its peak RSS (ru_maxrss) is the driver's. Run it on a quiet machine:
+the load average before each step is in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROFILE = "signs-ocr"
+SIZES = (10_000, 100_000)
+PER_FOLDER = 10_000
+
+
+def make_folder(folder: Path, n: int) -> None:
+    """n hard links to one tiny PNG (same bytes, distinct names), PER_FOLDER per subfolder."""
+    from PIL import Image
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    source = folder / ".source.png"  # hidden: not listed
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(source)
+    for i in range(n):
+        sub = folder / f"d{i // PER_FOLDER:04d}"
+        if i % PER_FOLDER == 0:
+            sub.mkdir()
+        os.link(source, sub / f"img_{i:08d}.png")
+
+
+# --------------------------------------------------------------------------------------------- steps
+def _cli(args: list[str]) -> int:
+    from cli.main import main
+
+    return main(args)
+
+
+def step_register(name: str, folder: str, wh: str) -> dict:
+    from corpora.resolve import resolve_corpus
+
+    corpus = resolve_corpus(name, images=folder)
+    return {"images": sum(1 for _ in corpus.images())}
+
+
+def step_plan(name: str, folder: str, wh: str) -> dict:
+    args = [
+        "plan",
+        "--dataset",
+        name,
+        "--images",
+        folder,
+        "--profile",
+        PROFILE,
+        "--warehouse",
+        wh,
+        "--no-probe",
+    ]
+    return {"rc": _cli(args)}
+
+
+def step_rerun(name: str, folder: str, wh: str) -> dict:
+    args = ["annotate", "--dataset", name, "--images", folder, "--profile", PROFILE, "--warehouse", wh]
+    return {"rc": _cli(args)}
+
+
+def step_commit(name: str, folder: str, wh_path: str) -> dict:
+    """Every planned image through the driver's commit path, the expert's output being 'nothing found'."""
+    from corpora.decode import decode_image
+    from corpora.resolve import resolve_corpus
+    from pipeline.annotate import Committer
+    from pipeline.plan import make_plan
+    from pipeline.profiles import load_job, load_profile, plan_hashes
+    from pipeline.stages import ExpertStage
+    from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
+    from warehouse.rows import table_rows_for
+    from warehouse.store import Warehouse
+
+    corpus = resolve_corpus(name, images=folder)
+    profile, job, wh = load_profile(PROFILE), load_job(name), Warehouse(wh_path)
+    hashes = plan_hashes(profile)
+    vhash = verbalizer_hash(profile.verbalize)
+    aux_key = aux_hash(vhash, hashes)
+    identity = {n: ExpertStage(n, c).identity_json for n, c in profile.experts.items()}
+    first = next(corpus.images())
+    decoded = decode_image(first.path)
+    decode = {"width": int(decoded.image.shape[1]), "height": int(decoded.image.shape[0]),
+              "source_mode": decoded.source_mode, "exif_rotated": bool(decoded.exif_rotated),
+              "frames": int(decoded.frames)}  # fmt: skip
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, wh.root / "_plans" / "bench", "bench-scale")
+    start, rows_written = time.perf_counter(), 0
+    committer = Committer(wh, job.commit_every)
+    for row in plan.rows():
+        row.update(decode)
+        for n in profile.experts:
+            row[f"{n}_records"], row[f"{n}_identity"] = "[]", identity[n]
+        tables = table_rows_for(row, hashes, row["decode_committed"])
+        aux, done = aux_rows(row["dataset"], row["image_id"], "bench-scale", verbalize_row(row, profile.verbalize),
+                             vhash, aux_key, False)  # fmt: skip
+        tables.setdefault("aux_text", []).append(aux)
+        tables["done"].append(done)
+        rows_written += sum(len(rows) for rows in tables.values())
+        committer.add(tables)
+    committer.flush()
+    committed_s = time.perf_counter() - start
+    files_before = sum(len(v) for v in wh.manifest()["tables"].values())
+    t = time.perf_counter()
+    wh.compact()
+    plan.remove()
+    return {
+        "images": plan.count,
+        "commits": committer.commits,
+        "commit_every": job.commit_every,
+        "rows": rows_written,
+        "commit_s": round(committed_s, 2),
+        "rows_per_s": round(rows_written / committed_s, 1) if committed_s else None,
+        "images_per_s": round(plan.count / committed_s, 1) if committed_s else None,
+        "files_before_compaction": files_before,
+        "compact_s": round(time.perf_counter() - t, 2),
+        "files_after_compaction": sum(len(v) for v in wh.manifest()["tables"].values()),
+    }
+
+
+STEPS = {"register": step_register, "plan": step_plan, "commit": step_commit, "rerun": step_rerun}
+
+
+def _child(step: str, name: str, folder: str, wh: str) -> None:
+    start = time.perf_counter()
+    out = STEPS[step](name, folder, wh)
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_step(step: str, name: str, folder: Path, wh: Path, env: dict) -> dict:
+    load = os.getloadavg()[0]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.scale", "--child", step, name, str(folder), str(wh)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(
+            f"scale benchmark: step {step} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
+    return {**json.loads(lines[-1].removeprefix("RESULT ")), "load_before": round(load, 2)}
+
+
+def measure(n: int, work: Path) -> dict:
+    folder, data, wh = work / f"images-{n}", work / "data", work / f"wh-{n}"
+    t = time.perf_counter()
+    make_folder(folder, n)
+    setup_s = time.perf_counter() - t
+    env = {**os.environ, "MOAI_DATA": str(data), "MOAI_EXECUTOR": "local", "MOAI_OFFLINE": "1"}
+    name = f"scale{n}"
+    out: dict = {"images": n, "setup_s": round(setup_s, 1)}
+    for step in STEPS:
+        out[step] = run_step(step, name, folder, wh, env)
+        print(f"[bench scale] {n:>9,} images  {step:<8} {out[step]['seconds']:>8.1f} s  "
+              f"peak RSS {out[step]['peak_rss_mb']:>7.0f} MB", file=sys.stderr)  # fmt: skip
+    out["plan_total_s"] = round(out["register"]["seconds"] + out["plan"]["seconds"], 2)
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(wh, ignore_errors=True)
+    shutil.rmtree(data / name, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated image counts")
+    parser.add_argument("--out", default="outputs/bench")
+    parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--child", nargs=4, metavar=("STEP", "NAME", "FOLDER", "WH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="moai-scale-"))
+    results = {
+        "what": "SYNTHETIC: N hard links to one 8x8 PNG; profile signs-ocr; experts not run (their output "
+        "'nothing found' goes through the driver's real commit path). Driver costs only.",
+        "cpus": os.cpu_count(),
+        "sizes": {},
+    }
+    try:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            results["sizes"][str(n)] = measure(n, work)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scale.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"[bench scale] written to {out / 'scale.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
