@@ -86,8 +86,16 @@ def step_plan(name: str, folder: str, wh: str) -> dict:
 
 
 def step_rerun(name: str, folder: str, wh: str) -> dict:
+    """`moai annotate` over a warehouse that holds everything: it must find nothing to do."""
+    from warehouse.store import Warehouse
+
     args = ["annotate", "--dataset", name, "--images", folder, "--profile", PROFILE, "--warehouse", wh]
-    return {"rc": _cli(args)}
+    rc = _cli(args)
+    last = Warehouse(wh).query(
+        "SELECT images_listed, images_processed FROM runs WHERE dataset = ? ORDER BY finished_at DESC LIMIT 1",
+        [name],
+    ).to_pylist()[0]
+    return {"rc": rc, "listed": last["images_listed"], "processed": last["images_processed"]}
 
 
 def step_commit(name: str, folder: str, wh_path: str) -> dict:

@@ -40,15 +40,23 @@ def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size:
 
 
 class _ArrowExpertStage:
-    """Ray actor wrapper: Arrow batch in, Arrow batch out, same schema."""
+    """Ray actor wrapper: Arrow batch in, Arrow batch out, same schema. The first stage also decodes,
+    and the last drops the pixels, so that every step of the job runs in an actor (see run_ray)."""
 
-    def __init__(self, name: str, config: dict, batch_size: int):
+    def __init__(
+        self, name: str, config: dict, batch_size: int, decode: bool = False, drop_pixels: bool = False
+    ):
         self.stage = ExpertStage(name, config, batch_size)
+        self.decode, self.drop_pixels = decode, drop_pixels
 
     def __call__(self, table):
         import pyarrow as pa
 
-        return pa.Table.from_pylist(self.stage(table.to_pylist()), schema=table.schema)
+        rows = table.to_pylist()
+        out = pa.Table.from_pylist(
+            self.stage(decode_rows(rows) if self.decode else rows), schema=table.schema
+        )
+        return out.drop_columns(["pixels"]) if self.drop_pixels else out
 
 
 def _decode_arrow(table):
@@ -107,11 +115,23 @@ def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> I
     ]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(1024, len(descriptors))))
     ds = ds.map_batches(_read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05)
-    ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
-    for spec in specs:
+    # Decoding and dropping the pixels happen inside the first and last expert actors, not as CPU tasks
+    # of their own: when a node dies, Ray restarts its actors on the nodes left, and those can be too
+    # full of actors to ever run a 0.5-CPU decode (the re-run of a lost block) or a 1-CPU column drop,
+    # so the job would hang (tests/test_multinode.py). Actors that fit keep the whole job running.
+    if not specs:  # nothing but decoding to do (only the aux text is missing)
+        ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
+        ds = ds.drop_columns(["pixels"])
+    for i, spec in enumerate(specs):
         ds = ds.map_batches(
             _ArrowExpertStage,
-            fn_constructor_kwargs={"name": spec.name, "config": spec.config, "batch_size": spec.batch_size},
+            fn_constructor_kwargs={
+                "name": spec.name,
+                "config": spec.config,
+                "batch_size": spec.batch_size,
+                "decode": i == 0,
+                "drop_pixels": i == len(specs) - 1,
+            },  # fmt: skip
             compute=ActorPoolStrategy(size=spec.actors),
             batch_size=spec.batch_size,
             batch_format="pyarrow",
@@ -119,6 +139,5 @@ def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> I
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
             **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
-    ds = ds.drop_columns(["pixels"])
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         yield from batch.to_pylist()
