@@ -40,18 +40,24 @@ PER_FOLDER = 10_000
 
 
 def make_folder(folder: Path, n: int) -> None:
-    """n hard links to one tiny PNG (same bytes, distinct names), PER_FOLDER per subfolder."""
+    """n hard links to a tiny PNG (same bytes, distinct names), PER_FOLDER per subfolder, each linking
+    its own hidden copy (a file system caps the links per file: 65,000 on ext4)."""
+    import io
+
     from PIL import Image
 
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    source = folder / ".source.png"  # hidden: not listed
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(source)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(png, format="PNG")
+    source = None
     for i in range(n):
         sub = folder / f"d{i // PER_FOLDER:04d}"
         if i % PER_FOLDER == 0:
             sub.mkdir()
+            source = sub / ".source.png"  # hidden: not listed
+            source.write_bytes(png.getvalue())
         os.link(source, sub / f"img_{i:08d}.png")
 
 
@@ -91,10 +97,14 @@ def step_rerun(name: str, folder: str, wh: str) -> dict:
 
     args = ["annotate", "--dataset", name, "--images", folder, "--profile", PROFILE, "--warehouse", wh]
     rc = _cli(args)
-    last = Warehouse(wh).query(
-        "SELECT images_listed, images_processed FROM runs WHERE dataset = ? ORDER BY finished_at DESC LIMIT 1",
-        [name],
-    ).to_pylist()[0]
+    last = (
+        Warehouse(wh)
+        .query(
+            "SELECT images_listed, images_processed FROM runs WHERE dataset = ? ORDER BY finished_at DESC LIMIT 1",
+            [name],
+        )
+        .to_pylist()[0]
+    )
     return {"rc": rc, "listed": last["images_listed"], "processed": last["images_processed"]}
 
 
@@ -180,7 +190,7 @@ def run_step(step: str, name: str, folder: Path, wh: Path, env: dict) -> dict:
     return {**json.loads(lines[-1].removeprefix("RESULT ")), "load_before": round(load, 2)}
 
 
-def measure(n: int, work: Path) -> dict:
+def measure(n: int, work: Path, steps: list[str] | None = None) -> dict:
     folder, data, wh = work / f"images-{n}", work / "data", work / f"wh-{n}"
     t = time.perf_counter()
     make_folder(folder, n)
@@ -188,11 +198,12 @@ def measure(n: int, work: Path) -> dict:
     env = {**os.environ, "MOAI_DATA": str(data), "MOAI_EXECUTOR": "local", "MOAI_OFFLINE": "1"}
     name = f"scale{n}"
     out: dict = {"images": n, "setup_s": round(setup_s, 1)}
-    for step in STEPS:
+    for step in steps or list(STEPS):
         out[step] = run_step(step, name, folder, wh, env)
         print(f"[bench scale] {n:>9,} images  {step:<8} {out[step]['seconds']:>8.1f} s  "
               f"peak RSS {out[step]['peak_rss_mb']:>7.0f} MB", file=sys.stderr)  # fmt: skip
-    out["plan_total_s"] = round(out["register"]["seconds"] + out["plan"]["seconds"], 2)
+    if "register" in out and "plan" in out:
+        out["plan_total_s"] = round(out["register"]["seconds"] + out["plan"]["seconds"], 2)
     shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(wh, ignore_errors=True)
     shutil.rmtree(data / name, ignore_errors=True)
@@ -204,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated image counts")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--steps", default=",".join(STEPS), help="of register,plan,commit,rerun (in order)")
     parser.add_argument("--child", nargs=4, metavar=("STEP", "NAME", "FOLDER", "WH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -218,12 +230,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         for n in [int(s) for s in args.sizes.split(",")]:
-            results["sizes"][str(n)] = measure(n, work)
+            results["sizes"][str(n)] = measure(n, work, args.steps.split(","))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results["load_after"] = round(os.getloadavg()[0], 2)
     (out / "scale.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(f"[bench scale] written to {out / 'scale.json'}", file=sys.stderr)
     return 0

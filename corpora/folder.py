@@ -16,8 +16,10 @@ Image ids identify file *contents*, because the warehouse's exactly-once ledger 
 - an id is never reused: the listing keeps a high-water mark `next_id` that never decreases, so a
   file added after another was removed cannot inherit the removed file's id (and its annotations).
 
-Only new or changed files have their headers read (width/height), in parallel processes when there
-are many. Listings written by earlier versions (`instances_default.json`, with or without the `size`,
+Registration streams: the folder walk is written to a Parquet spool in 50k-row batches, DuckDB (memory
+limit 128 MB, spilling beyond) joins it with the current listing and sorts it by path, and the new
+listing is written batch by batch. Only new or changed files have their headers read (width/height),
+in a pool of processes when there are many. Listings written by earlier versions (`instances_default.json`, with or without the `size`,
 `mtime_ns` and `next_id` fields) are read once, keep their ids (entries without stamps adopt the
 file's current ones), and are replaced by the Parquet table.
 
@@ -29,22 +31,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
-from dataclasses import dataclass, field
+import tempfile
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.duck import open_connection, sql_literal
 from core.errors import DatasetError
 from corpora.layout import IMAGE_SUFFIXES, Corpus
 
 SPLIT = "default"
 SHOWN_PROBLEMS = 5  # paths named in the warning; the rest are only counted
-PARALLEL_FROM = 2000  # new files from which headers are read by a pool of processes
+PARALLEL_FROM = 2000  # files from which new files' headers are read by a pool of processes
+BATCH_ROWS = 50_000  # rows per batch while scanning and merging: the memory a registration holds
+MEMORY = "128MB"  # DuckDB's memory limit while merging; it spills to disk beyond it
+SCAN_SCHEMA = pa.schema([("file_name", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
 LISTING_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
@@ -67,63 +72,83 @@ def _image_size(path: str | Path) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _image_sizes(paths: list[str]) -> list[tuple[int | None, int | None]]:
-    """Headers of many files: in a pool of processes (one per core) when there are many."""
-    workers = os.cpu_count() or 1
-    if len(paths) < PARALLEL_FROM or workers < 2:
-        return [_image_size(p) for p in paths]
-    import multiprocessing
-    import threading
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
+class HeaderReader:
+    """Reads image headers, in a pool of processes (one per core) when `parallel`. The pool starts
+    before any DuckDB connection exists: a fork copies only the forking thread, so it must happen while
+    this process has no other threads holding locks (fork when single-threaded, else forkserver)."""
 
-    # fork when this process has one thread (the CLI registers before DuckDB or Ray start threads):
-    # cheapest; otherwise forkserver, as a fork could inherit another thread's held lock.
-    context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            return list(pool.map(_image_size, paths, chunksize=max(64, len(paths) // (workers * 16))))
-    except (BrokenProcessPool, OSError):  # no processes to be had here (e.g. a forkserver without __main__)
-        return [_image_size(p) for p in paths]
+    def __init__(self, parallel: bool):
+        self.pool = None
+        workers = os.cpu_count() or 1
+        if not parallel or workers < 2:
+            return
+        import multiprocessing
+        import threading
+        from concurrent.futures import ProcessPoolExecutor
 
+        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
+        try:
+            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+            self.pool.submit(int).result()  # start the workers now
+        except Exception:  # no processes to be had here (e.g. a forkserver without __main__): serial
+            self.close()
 
-@dataclass
-class Scan:
-    """Image files under a folder, in listing order: posix paths relative to it, sizes, mtimes."""
+    def __call__(self, paths: list[str]) -> list[tuple[int | None, int | None]]:
+        if self.pool is not None:
+            from concurrent.futures.process import BrokenProcessPool
 
-    names: list[str] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    mtimes: list[int] = field(default_factory=list)
-    problems: list[OSError] = field(default_factory=list)
-
-
-def _scan(folder: Path) -> Scan:
-    """Image files under `folder` and the errors met listing it."""
-    found: list[tuple[tuple[str, ...], int, int]] = []
-    problems: list[OSError] = []
-    # onerror: a folder that cannot be listed is reported, not silently dropped as rglob did.
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=problems.append):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # pruned in place: never entered
-        parts = Path(dirpath).relative_to(folder).parts
-        for fname in filenames:
-            if fname.startswith(".") or PurePosixPath(fname).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
             try:
-                st = os.stat(os.path.join(dirpath, fname))  # follows symlinked files
-            except FileNotFoundError:  # a dangling symlink, or removed while we walked
-                continue
-            except OSError as e:
-                problems.append(e)
-                continue
-            if stat.S_ISREG(st.st_mode):
-                found.append(((*parts, fname), st.st_size, st.st_mtime_ns))
-    found.sort(key=lambda f: f[0])  # by path components: a folder's files stay together
-    scan = Scan(problems=problems)
-    for parts, size, mtime in found:
-        scan.names.append("/".join(parts))
-        scan.sizes.append(size)
-        scan.mtimes.append(mtime)
-    return scan
+                chunk = max(16, len(paths) // ((os.cpu_count() or 1) * 16))
+                return list(self.pool.map(_image_size, paths, chunksize=chunk))
+            except BrokenProcessPool:
+                self.close()
+        return [_image_size(p) for p in paths]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+
+def _scan(folder: Path, out: Path) -> tuple[int, list[OSError]]:
+    """Image files under `folder` (posix path relative to it, size, mtime_ns) written to the Parquet
+    file `out` in batches; returns how many and the errors met listing it."""
+    problems: list[OSError] = []
+    batch: dict[str, list] = {"file_name": [], "size": [], "mtime_ns": []}
+    count = 0
+    with pq.ParquetWriter(out, SCAN_SCHEMA) as writer:
+        # onerror: a folder that cannot be listed is reported, not silently dropped as rglob did.
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=problems.append):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # pruned in place: never entered
+            prefix = Path(dirpath).relative_to(folder).as_posix()
+            prefix = "" if prefix == "." else prefix + "/"
+            for fname in filenames:
+                if fname.startswith(".") or PurePosixPath(fname).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, fname))  # follows symlinked files
+                except FileNotFoundError:  # a dangling symlink, or removed while we walked
+                    continue
+                except OSError as e:
+                    problems.append(e)
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    batch["file_name"].append(prefix + fname)
+                    batch["size"].append(st.st_size)
+                    batch["mtime_ns"].append(st.st_mtime_ns)
+            if len(batch["file_name"]) >= BATCH_ROWS:
+                count += _flush(writer, batch)
+        count += _flush(writer, batch)
+    return count, problems
+
+
+def _flush(writer, batch: dict[str, list]) -> int:
+    n = len(batch["file_name"])
+    if n:
+        writer.write_table(pa.table(batch, schema=SCAN_SCHEMA))
+        for values in batch.values():
+            values.clear()
+    return n
 
 
 def _warn(folder: Path, name: str, problems: list[OSError]) -> None:
@@ -137,75 +162,53 @@ def _warn(folder: Path, name: str, problems: list[OSError]) -> None:
     )
 
 
-def _old_listing(corpus: Corpus) -> tuple[pa.Table, int]:
-    """The current listing (Parquet, or an earlier version's COCO JSON) and its next id."""
+def _old_listing(con, corpus: Corpus) -> tuple[str, int]:
+    """The current listing as a relation (Parquet, or an earlier version's COCO JSON, or none) and the
+    id high-water mark it implies."""
     table_path = corpus.listing_table(SPLIT)
     if table_path.is_file():
-        old = pq.read_table(table_path)
-        next_id = int((old.schema.metadata or {}).get(b"next_id", b"1"))
-    elif corpus.annotations_file(SPLIT).is_file():
-        doc = json.loads(corpus.annotations_file(SPLIT).read_text(encoding="utf-8"))
-        entries = [{c: e.get(c) for c in LISTING_SCHEMA.names} for e in doc.get("images", [])]
-        old, next_id = pa.Table.from_pylist(entries, schema=LISTING_SCHEMA), doc.get("next_id", 1)
+        meta = pq.read_schema(table_path).metadata or {}
+        relation, next_id = f"read_parquet({sql_literal(str(table_path))})", int(meta.get(b"next_id", b"1"))
     else:
-        return LISTING_SCHEMA.empty_table(), 1
+        doc = {}
+        if corpus.annotations_file(SPLIT).is_file():
+            doc = json.loads(corpus.annotations_file(SPLIT).read_text(encoding="utf-8"))
+        entries = [{c: e.get(c) for c in LISTING_SCHEMA.names} for e in doc.get("images", [])]
+        con.register("legacy_listing", pa.Table.from_pylist(entries, schema=LISTING_SCHEMA))
+        relation, next_id = "legacy_listing", int(doc.get("next_id", 1))
     # Listings without next_id: never go below any id already handed out.
-    top = pc.max(old["id"]).as_py() if old.num_rows else 0
-    return old.cast(LISTING_SCHEMA), max(next_id, (top or 0) + 1)
+    top = con.execute(f"SELECT coalesce(max(id), 0) FROM {relation}").fetchall()[0][0]
+    return relation, max(next_id, int(top) + 1)
 
 
-def _merge(scan: Scan, old: pa.Table, next_id: int, folder: Path) -> tuple[pa.Table, int]:
-    """The new listing: unchanged files keep their entry, new or changed ones get the next ids."""
-    found = pa.table(
-        {
-            "file_name": pa.array(scan.names, pa.string()),
-            "size": pa.array(scan.sizes, pa.int64()),
-            "mtime_ns": pa.array(scan.mtimes, pa.int64()),
-            "pos": pa.array(range(len(scan.names)), pa.int64()),
-        }
-    )
-    previous = old.rename_columns([f"old_{c}" if c != "file_name" else c for c in old.column_names])
-    joined = found.join(previous, "file_name", join_type="left outer").sort_by("pos")
-    # An entry listed before stamps were recorded adopts the file's current ones (nothing to compare).
-    old_size = pc.coalesce(joined["old_size"], joined["size"])
-    old_mtime = pc.coalesce(joined["old_mtime_ns"], joined["mtime_ns"])
-    keep = pc.and_(
-        pc.is_valid(joined["old_id"]),
-        pc.and_(pc.equal(old_size, joined["size"]), pc.equal(old_mtime, joined["mtime_ns"])),
-    )
-    keep = pc.fill_null(keep, False).to_numpy(zero_copy_only=False)
-    fresh = np.flatnonzero(~keep)
-    ids = joined["old_id"].to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
-    ids[fresh] = np.arange(next_id, next_id + len(fresh))
-    width = joined["old_width"].to_numpy(zero_copy_only=False).astype(np.float64)
-    height = joined["old_height"].to_numpy(zero_copy_only=False).astype(np.float64)
-    names = joined["file_name"].to_pylist() if len(fresh) else []
-    for i, (w, h) in zip(fresh, _image_sizes([str(folder / names[i]) for i in fresh]), strict=True):
-        width[i], height[i] = (np.nan, np.nan) if w is None else (w, h)
-    listing = pa.table(
-        {
-            "id": pa.array(ids.astype(np.int64)),
-            "file_name": joined["file_name"],
-            "width": pa.array(width, pa.float64(), from_pandas=True).cast(pa.int32()),
-            "height": pa.array(height, pa.float64(), from_pandas=True).cast(pa.int32()),
-            "size": joined["size"],
-            "mtime_ns": joined["mtime_ns"],
-        },
-        schema=LISTING_SCHEMA,
-    )
-    return listing, next_id + len(fresh)
-
-
-def _write_atomically(path: Path, table: pa.Table, next_id: int) -> None:
-    # The listing holds the id high-water mark: a torn or lost write could hand out an id twice.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two registrations at once never share it
-    table = table.replace_schema_metadata({"next_id": str(next_id)})
-    with open(tmp, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _merge(con, scan: Path, old: str, next_id: int, folder: Path, read: HeaderReader, out) -> int:
+    """Write the new listing to the Parquet writer `out`, batch by batch: unchanged files keep their
+    entry, new or changed ones get the next ids in path order (by path components: a folder's files
+    stay together) and their headers read. Returns how many ids were handed out."""
+    changed = f"""
+        SELECT s.file_name, s.size, s.mtime_ns, o.id AS old_id, o.width AS old_width, o.height AS old_height,
+            -- an entry listed before stamps were recorded adopts the file's current ones
+            coalesce(o.id IS NOT NULL AND coalesce(o.size, s.size) = s.size
+                     AND coalesce(o.mtime_ns, s.mtime_ns) = s.mtime_ns, false) AS keep,
+            string_split(s.file_name, '/') AS parts
+        FROM read_parquet({sql_literal(str(scan))}) s LEFT JOIN {old} o USING (file_name)"""
+    fresh = 0
+    # Sorted by DuckDB (it spills); ids are handed out while streaming the sorted rows, so no window
+    # over all of them is ever held in memory.
+    for batch in con.sql(f"SELECT * FROM ({changed}) ORDER BY parts").to_arrow_reader(BATCH_ROWS):
+        keep = batch.column("keep").to_pylist()
+        names = batch.column("file_name").to_pylist()
+        ids = batch.column("old_id").to_pylist()
+        width, height = batch.column("old_width").to_pylist(), batch.column("old_height").to_pylist()
+        new = [i for i, k in enumerate(keep) if not k]
+        for i, (w, h) in zip(new, read([str(folder / names[i]) for i in new]), strict=True):
+            ids[i], width[i], height[i] = next_id + fresh, w, h
+            fresh += 1
+        out.write_table(pa.table({"id": pa.array(ids, pa.int64()), "file_name": batch.column("file_name"),
+                                  "width": pa.array(width, pa.int32()), "height": pa.array(height, pa.int32()),
+                                  "size": batch.column("size"), "mtime_ns": batch.column("mtime_ns")},
+                                 schema=out.schema))  # fmt: skip
+    return fresh
 
 
 def register_folder(name: str, folder: Path, root: Path) -> Corpus:
@@ -227,13 +230,48 @@ def register_folder(name: str, folder: Path, root: Path) -> Corpus:
         link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(folder, link, target_is_directory=True)
 
-    scan = _scan(folder)
-    if scan.problems:
-        _warn(folder, name, scan.problems)
-    if not scan.names:
-        raise DatasetError(f"IMAGES={folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
-    old, next_id = _old_listing(corpus)
-    listing, next_id = _merge(scan, old, next_id, folder)
-    _write_atomically(corpus.listing_table(SPLIT), listing, next_id)
+    listing = corpus.listing_table(SPLIT)
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=".register-", dir=listing.parent))
+    try:
+        count, problems = _scan(folder, spool / "scan.parquet")
+        if problems:
+            _warn(folder, name, problems)
+        if not count:
+            raise DatasetError(f"IMAGES={folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        read = HeaderReader(parallel=count >= PARALLEL_FROM)  # before DuckDB starts its threads
+        try:
+            _write_listing(corpus, folder, spool, read, listing)
+        finally:
+            read.close()
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     corpus.annotations_file(SPLIT).unlink(missing_ok=True)  # an earlier version's listing, now replaced
     return corpus
+
+
+def _write_listing(corpus: Corpus, folder: Path, spool: Path, read: HeaderReader, listing: Path) -> None:
+    """Merge the scan with the current listing in DuckDB (bounded memory, spilling to `spool`) and
+    replace the listing atomically: the id high-water mark in it must never be torn or lost."""
+    con = open_connection()
+    try:
+        con.execute(f"SET memory_limit = '{MEMORY}'")
+        con.execute(f"SET temp_directory = {sql_literal(str(spool / 'duckdb.tmp'))}")
+        old, next_id = _old_listing(con, corpus)
+        scan = spool / "scan.parquet"
+        fresh = con.execute(
+            f"""SELECT count(*) FROM read_parquet({sql_literal(str(scan))}) s LEFT JOIN {old} o USING (file_name)
+            WHERE NOT coalesce(o.id IS NOT NULL AND coalesce(o.size, s.size) = s.size
+                               AND coalesce(o.mtime_ns, s.mtime_ns) = s.mtime_ns, false)"""
+        ).fetchall()[0][0]
+        schema = LISTING_SCHEMA.with_metadata({"next_id": str(next_id + fresh)})
+        tmp = listing.with_name(f"{listing.name}.{os.getpid()}.tmp")  # two registrations never share it
+        with open(tmp, "wb") as f:
+            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+                written = _merge(con, scan, old, next_id, folder, read, writer)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        con.close()
+    assert written == fresh, (written, fresh)
+    os.replace(tmp, listing)

@@ -28,14 +28,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from annotators.registry import EXPERT_NAMES
+from core.duck import sql_literal
 from warehouse.current import current_records
-from warehouse.duck import sql_literal
 from warehouse.schema import DECODE_KEY
 from warehouse.store import plain_errors
 
 BATCH_ROWS = 50_000  # plan rows per DuckDB batch and per spooled file
 GROUP_ROWS = (4, 64)  # rows per Parquet row group (the Ray job's unit of work): min, max
-PLAN_MEMORY = "1GB"  # DuckDB's memory limit while planning; joins and aggregates spill beyond it
+PLAN_MEMORY = "128MB"  # DuckDB's memory limit while planning; joins and aggregates spill beyond it
 
 # The stage row's columns (pipeline/stages.py new_row) that the plan leaves at their empty values.
 _EMPTY = {"pixels": (pa.binary(), b""), "width": (pa.int64(), 0), "height": (pa.int64(), 0),

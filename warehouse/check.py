@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from warehouse.duck import sql_literal as _sql_str
+from core.duck import sql_literal as _sql_str
 from warehouse.schema import LEDGER_KEYS
 from warehouse.store import Warehouse
 

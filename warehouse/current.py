@@ -8,7 +8,7 @@ nothing on an image therefore shows nothing there, never an older config's rows.
 from __future__ import annotations
 
 from annotators.registry import expert_spec
-from warehouse.duck import sql_literal
+from core.duck import sql_literal
 
 
 def current_configs_sql(expert: str) -> str:

@@ -13,7 +13,8 @@ import sys
 
 import duckdb
 
-from warehouse.duck import build_views, open_connection, sql_literal
+from core.duck import open_connection, sql_literal
+from warehouse.duck import build_views
 from warehouse.schema import TABLES
 from warehouse.store import Warehouse
 

@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from core.duck import sql_literal as _sql_str
 from core.errors import WarehouseError
-from warehouse.duck import sql_literal as _sql_str
 from warehouse.schema import LEDGER_KEYS, TABLES, UNIQUE_KEYS
 
 ROW_GROUP_ROWS = 128 * 1024
@@ -137,7 +137,8 @@ class Warehouse:
     def connect(self, database: str = ":memory:", tables=None, manifest: dict | None = None):
         """A DuckDB connection with one view per table (all, or those in `tables`) over the committed
         files only (of `manifest`, when the caller holds it already)."""
-        from warehouse.duck import build_views, open_connection
+        from core.duck import open_connection
+        from warehouse.duck import build_views
 
         con = open_connection(database)
         build_views(con, manifest or self.manifest(), self.root, tables)
