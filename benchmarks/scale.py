@@ -17,6 +17,10 @@ stays when the experts scale out on a cluster:
 - commit: rows committed per second and files written (before and after compaction);
 - rerun: `moai annotate` when everything is done (re-registration, planning, nothing to run).
 
+At 1M the commit step takes most of an hour on 2 cores; `--steps register,plan,fill,rerun` fills the
+ledger in bulk instead (`fill`: one commit per 100,000 images with the keys a run writes) to measure
+the nothing-to-do rerun there.
+
 Each step runs in its own process; its peak RSS (ru_maxrss) is the driver's. Run it on a quiet machine:
 the load average before each step is in the report.
 """
@@ -165,12 +169,52 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
     }
 
 
+def step_fill(name: str, folder: str, wh_path: str) -> dict:
+    """The `done` ledger filled in bulk (one commit per 100,000 images) with exactly the keys a run of
+    PROFILE writes: the input of a nothing-to-do rerun at sizes where the commit step takes too long.
+    Not a commit-throughput figure."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from corpora.resolve import resolve_corpus
+    from pipeline.profiles import load_profile, plan_hashes
+    from verbalize.aux import aux_hash, verbalizer_hash
+    from warehouse.schema import DECODE_KEY
+    from warehouse.store import Warehouse
+
+    corpus, profile, wh = resolve_corpus(name, images=folder), load_profile(PROFILE), Warehouse(wh_path)
+    hashes = plan_hashes(profile)
+    keys = [
+        ("decode", DECODE_KEY),
+        *hashes.items(),
+        ("aux", aux_hash(verbalizer_hash(profile.verbalize), hashes)),
+    ]
+    n = 0
+    for _, _, listing in corpus.listings():
+        for batch in pq.ParquetFile(listing).iter_batches(batch_size=100_000, columns=["id"]):
+            ids = batch.column("id")
+            m = len(ids)
+            wh.commit({"done": pa.table({
+                "dataset": pa.array([name] * m * len(keys)),
+                "image_id": pa.concat_arrays([ids] * len(keys)),
+                "expert": pa.array([e for e, _ in keys for _ in range(m)]),
+                "config_hash": pa.array([h for _, h in keys for _ in range(m)]),
+                "status": pa.array(["ok"] * m * len(keys)),
+                "n_records": pa.array([0] * m * len(keys), pa.int32()),
+                "seconds": pa.array([0.0] * m * len(keys), pa.float32()),
+                "run_id": pa.array(["bench-fill"] * m * len(keys)),
+            })})  # fmt: skip
+            n += m
+    return {"images": n, "done_rows": n * len(keys)}
+
+
 STEPS = {"register": step_register, "plan": step_plan, "commit": step_commit, "rerun": step_rerun}
+EXTRA_STEPS = {"fill": step_fill}
 
 
 def _child(step: str, name: str, folder: str, wh: str) -> None:
     start = time.perf_counter()
-    out = STEPS[step](name, folder, wh)
+    out = {**STEPS, **EXTRA_STEPS}[step](name, folder, wh)
     out["seconds"] = round(time.perf_counter() - start, 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print("RESULT " + json.dumps(out), flush=True)
@@ -215,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated image counts")
     parser.add_argument("--out", default="outputs/bench")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--steps", default=",".join(STEPS), help="of register,plan,commit,rerun (in order)")
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help="of register,plan,commit,rerun in order; `fill` (bulk ledger) can replace commit at 1M",
+    )
     parser.add_argument("--child", nargs=4, metavar=("STEP", "NAME", "FOLDER", "WH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
