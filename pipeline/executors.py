@@ -101,7 +101,7 @@ def _read_plan_groups(descriptors):
 def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
     import pyarrow.parquet as pq
     import ray.data
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -114,7 +114,10 @@ def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> I
         {"file": str(f), "group": g} for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)
     ]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(1024, len(descriptors))))
-    ds = ds.map_batches(_read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05)
+    # At most two read tasks at a time: a 0.05-CPU task lets Ray start dozens of worker processes.
+    ds = ds.map_batches(
+        _read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05, compute=TaskPoolStrategy(size=2)
+    )
     # Decoding and dropping the pixels happen inside the first and last expert actors, not as CPU tasks
     # of their own: when a node dies, Ray restarts its actors on the nodes left, and those can be too
     # full of actors to ever run a 0.5-CPU decode (the re-run of a lost block) or a 1-CPU column drop,
