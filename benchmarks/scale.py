@@ -1,14 +1,14 @@
 """The driver at scale: registration, planning, committing and the nothing-to-do rerun at N images.
 
     python -m benchmarks.scale [--sizes 10000,100000] [--out outputs/bench]   → outputs/bench/scale.json
-    python -m benchmarks.scale --sizes 1000000                                  (1M: opt-in, ~10 min)
+    python -m benchmarks.scale --sizes 1000000 --steps register,plan,fill,rerun   (1M: opt-in, ~2 min)
 
 SYNTHETIC: the corpus is N hard links to one 8x8 PNG (distinct names in folders of 10,000), and the
 configuration is the cheap OCR-only profile `signs-ocr`. The experts do not run: the commit step
-feeds every planned row through the driver's real path (the stage row → `table_rows_for` →
-verbalizer → `aux_rows` → `Committer`: a commit every `commit_every` images, a compaction of small
-files every 64 commits; a last compaction at the end) with the
-expert's identity and "nothing found" as its output. So the numbers are the driver's own costs, what
+feeds every planned row through the driver's real path (`row_tables`, as `moai annotate` calls it:
+expert rows, verbalizer, aux rows → `Committer`: a commit every `commit_every` images, a compaction of
+small files every 64 commits; a last compaction at the end) with the expert's identity and "nothing
+found" as its output. So the numbers are the driver's own costs, what
 stays when the experts scale out on a cluster:
 
 - register: `moai` registering the folder the first time (one header read per file, in parallel);
@@ -116,12 +116,11 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
     """Every planned image through the driver's commit path, the expert's output being 'nothing found'."""
     from corpora.decode import decode_image
     from corpora.resolve import resolve_corpus
-    from pipeline.annotate import Committer
+    from pipeline.annotate import Committer, row_tables
     from pipeline.plan import make_plan
     from pipeline.profiles import load_job, load_profile, plan_hashes
     from pipeline.stages import ExpertStage
-    from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
-    from warehouse.rows import table_rows_for
+    from verbalize.aux import aux_hash, verbalizer_hash
     from warehouse.store import Warehouse
 
     corpus = resolve_corpus(name, images=folder)
@@ -142,11 +141,7 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
         row.update(decode)
         for n in profile.experts:
             row[f"{n}_records"], row[f"{n}_identity"] = "[]", identity[n]
-        tables = table_rows_for(row, hashes, row["decode_committed"])
-        aux, done = aux_rows(row["dataset"], row["image_id"], "bench-scale", verbalize_row(row, profile.verbalize),
-                             vhash, aux_key, False)  # fmt: skip
-        tables.setdefault("aux_text", []).append(aux)
-        tables["done"].append(done)
+        tables = row_tables(row, profile, hashes, "bench-scale", vhash, aux_key)
         rows_written += sum(len(rows) for rows in tables.values())
         committer.add(tables)
     committer.flush()

@@ -181,21 +181,25 @@ def _old_listing(con, corpus: Corpus) -> tuple[str, int]:
     return relation, max(next_id, int(top) + 1)
 
 
-def _merge(con, scan: Path, old: str, next_id: int, folder: Path, read: HeaderReader, out) -> int:
-    """Write the new listing to the Parquet writer `out`, batch by batch: unchanged files keep their
-    entry, new or changed ones get the next ids in path order (by path components: a folder's files
-    stay together) and their headers read. Returns how many ids were handed out."""
-    changed = f"""
+def _joined_sql(scan: Path, old: str) -> str:
+    """The scan joined with the current listing: per file its old entry, and whether it keeps it."""
+    return f"""
         SELECT s.file_name, s.size, s.mtime_ns, o.id AS old_id, o.width AS old_width, o.height AS old_height,
             -- an entry listed before stamps were recorded adopts the file's current ones
             coalesce(o.id IS NOT NULL AND coalesce(o.size, s.size) = s.size
                      AND coalesce(o.mtime_ns, s.mtime_ns) = s.mtime_ns, false) AS keep,
             string_split(s.file_name, '/') AS parts
         FROM read_parquet({sql_literal(str(scan))}) s LEFT JOIN {old} o USING (file_name)"""
+
+
+def _merge(con, joined: str, next_id: int, folder: Path, read: HeaderReader, out) -> int:
+    """Write the new listing to the Parquet writer `out`, batch by batch: unchanged files keep their
+    entry, new or changed ones get the next ids in path order (by path components: a folder's files
+    stay together) and their headers read. Returns how many ids were handed out."""
     fresh = 0
     # Sorted by DuckDB (it spills); ids are handed out while streaming the sorted rows, so no window
     # over all of them is ever held in memory.
-    for batch in con.sql(f"SELECT * FROM ({changed}) ORDER BY parts").to_arrow_reader(BATCH_ROWS):
+    for batch in con.sql(f"SELECT * FROM ({joined}) ORDER BY parts").to_arrow_reader(BATCH_ROWS):
         keep = batch.column("keep").to_pylist()
         names = batch.column("file_name").to_pylist()
         ids = batch.column("old_id").to_pylist()
@@ -258,17 +262,14 @@ def _write_listing(corpus: Corpus, folder: Path, spool: Path, read: HeaderReader
         con.execute(f"SET memory_limit = '{MEMORY}'")
         con.execute(f"SET temp_directory = {sql_literal(str(spool / 'duckdb.tmp'))}")
         old, next_id = _old_listing(con, corpus)
-        scan = spool / "scan.parquet"
-        fresh = con.execute(
-            f"""SELECT count(*) FROM read_parquet({sql_literal(str(scan))}) s LEFT JOIN {old} o USING (file_name)
-            WHERE NOT coalesce(o.id IS NOT NULL AND coalesce(o.size, s.size) = s.size
-                               AND coalesce(o.mtime_ns, s.mtime_ns) = s.mtime_ns, false)"""
-        ).fetchall()[0][0]
+        joined = _joined_sql(spool / "scan.parquet", old)
+        # counted first: the listing's schema, written before its rows, carries the new high-water mark
+        fresh = con.execute(f"SELECT count(*) FROM ({joined}) WHERE NOT keep").fetchall()[0][0]
         schema = LISTING_SCHEMA.with_metadata({"next_id": str(next_id + fresh)})
         tmp = listing.with_name(f"{listing.name}.{os.getpid()}.tmp")  # two registrations never share it
         with open(tmp, "wb") as f:
             with pq.ParquetWriter(f, schema, compression="zstd") as writer:
-                written = _merge(con, scan, old, next_id, folder, read, writer)
+                written = _merge(con, joined, next_id, folder, read, writer)
             f.flush()
             os.fsync(f.fileno())
     finally:

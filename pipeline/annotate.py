@@ -203,14 +203,7 @@ def _run_plan(
             progress = Progress(plan.count, list(profile.experts), stream=terminal)
             committer = Committer(wh, job.commit_every)
             for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal)):
-                tables = table_rows_for(row, hashes, row["decode_committed"])
-                if not row["decode_reason"]:
-                    aux, done = aux_rows(
-                        row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
-                        aux_key, _random_init(row, profile),
-                    )  # fmt: skip
-                    tables.setdefault("aux_text", []).append(aux)
-                    tables["done"].append(done)
+                tables = row_tables(row, profile, hashes, run_id, vhash, aux_key)
                 tally.add(row, tables)
                 tally.counts.setdefault("startup_s", round(time.perf_counter() - start, 2))
                 progress.update(row)
@@ -226,6 +219,20 @@ def _run_plan(
         out, corpus.name, run_id, plan, tally.counts, tally.seconds, elapsed, tally.errors, wh, profile
     )
     return 0
+
+
+def row_tables(
+    row: dict, profile: Profile, hashes, run_id: str, vhash: str, aux_key: str
+) -> dict[str, list[dict]]:
+    """One finished stage row as the rows it adds to each table: the experts' rows and ledger keys,
+    and (when the image decoded) its verbalized aux text with the aux key."""
+    tables = table_rows_for(row, hashes, row["decode_committed"])
+    if not row["decode_reason"]:
+        aux, done = aux_rows(row["dataset"], row["image_id"], run_id, verbalize_row(row, profile.verbalize), vhash,
+                             aux_key, _random_init(row, profile))  # fmt: skip
+        tables.setdefault("aux_text", []).append(aux)
+        tables["done"].append(done)
+    return tables
 
 
 class Committer:

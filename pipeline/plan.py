@@ -21,14 +21,16 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from annotators.registry import EXPERT_NAMES
 from core.duck import sql_literal
+from corpora.layout import ImageRef
+from pipeline.stages import new_row
 from warehouse.current import current_records
 from warehouse.schema import DECODE_KEY
 from warehouse.store import plain_errors
@@ -37,12 +39,16 @@ BATCH_ROWS = 50_000  # plan rows per DuckDB batch and per spooled file
 GROUP_ROWS = (4, 64)  # rows per Parquet row group (the Ray job's unit of work): min, max
 PLAN_MEMORY = "128MB"  # DuckDB's memory limit while planning; joins and aggregates spill beyond it
 
-# The stage row's columns (pipeline/stages.py new_row) that the plan leaves at their empty values.
-_EMPTY = {"pixels": (pa.binary(), b""), "width": (pa.int64(), 0), "height": (pa.int64(), 0),
-          "source_mode": (pa.string(), ""), "exif_rotated": (pa.bool_(), False), "frames": (pa.int64(), 0),
-          "decode_reason": (pa.string(), ""), "decode_message": (pa.string(), "")}  # fmt: skip
-_PER_EXPERT = {"records": (pa.string(), ""), "error": (pa.string(), ""), "seconds": (pa.float64(), 0.0),
-               "identity": (pa.string(), "")}  # fmt: skip
+# The columns the plan fills from the query; every other column of the stage row keeps the empty value
+# new_row (pipeline/stages.py, the one definition of the stage row) gives it.
+_FROM_QUERY = ("split", "image_id", "file_name", "path", "todo")
+
+
+@cache
+def _template() -> tuple[dict, pa.Schema]:
+    """An empty stage row from new_row, and its Arrow types."""
+    row = new_row(ImageRef("", "", 0, "", Path()), [])
+    return row, pa.Table.from_pylist([row]).schema
 
 
 @dataclass
@@ -189,23 +195,17 @@ def _spool(con, plan: Plan, corpus, hashes, wh, aux_key, run_id, limit, splits, 
 def _stage_rows(batch: pa.RecordBatch, dataset: str, experts: list[str], hashes, wh, run_id: str) -> pa.Table:
     """Plan rows as the stages want them (new_row's columns, in its order), stored records filled in."""
     n = batch.num_rows
-    cols: dict[str, pa.Array] = {
-        "dataset": pa.array([dataset] * n, pa.string()),
-        "split": batch.column("split").cast(pa.string()),
-        "image_id": batch.column("image_id").cast(pa.int64()),
-        "file_name": batch.column("file_name").cast(pa.string()),
-        "path": batch.column("path").cast(pa.string()),
-        "todo": batch.column("todo").cast(pa.string()),
-    }
-    for name, (typ, value) in _EMPTY.items():
-        cols[name] = pa.array([value] * n, typ)
+    row, schema = _template()
     stored = _stored_records(batch, dataset, experts, hashes, wh)
-    for expert in EXPERT_NAMES:
-        for part, (typ, value) in _PER_EXPERT.items():
-            if part == "records" and expert in stored:
-                cols[f"{expert}_records"] = pa.array(stored[expert], pa.string())
-            else:
-                cols[f"{expert}_{part}"] = pa.array([value] * n, typ)
+    cols: dict[str, pa.Array] = {}
+    for name, value in row.items():
+        typ = schema.field(name).type
+        if name in _FROM_QUERY:
+            cols[name] = batch.column(name).cast(typ)
+        elif name.endswith("_records") and name.removesuffix("_records") in stored:
+            cols[name] = pa.array(stored[name.removesuffix("_records")], typ)
+        else:
+            cols[name] = pa.array([dataset if name == "dataset" else value] * n, typ)
     cols["decode_committed"] = batch.column("decode_committed").cast(pa.bool_())
     cols["run_id"] = pa.array([run_id] * n, pa.string())
     return pa.table(cols)
