@@ -116,7 +116,11 @@ def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> I
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(1024, len(descriptors))))
     # At most two read tasks at a time: a 0.05-CPU task lets Ray start dozens of worker processes.
     ds = ds.map_batches(
-        _read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05, compute=TaskPoolStrategy(size=2)
+        _read_plan_groups,
+        batch_format="pyarrow",
+        batch_size=1,
+        num_cpus=0.05,
+        compute=TaskPoolStrategy(size=2),
     )
     # Decoding and dropping the pixels happen inside the first and last expert actors, not as CPU tasks
     # of their own: when a node dies, Ray restarts its actors on the nodes left, and those can be too
