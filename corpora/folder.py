@@ -23,12 +23,16 @@ in a pool of processes when there are many. Listings written by earlier versions
 `mtime_ns` and `next_id` fields) are read once, keep their ids (entries without stamps adopt the
 file's current ones), and are replaced by the Parquet table.
 
+Two registrations of one name at once (two `moai annotate` runs started together) take turns on a lock
+file in `data/<name>/`: the second sees the first's listing, so both agree on every id.
+
 Files that cannot be decoded are still listed (width/height null); the annotation job records them in
 `errors`. Folders (or files) that cannot be read at all are skipped with a warning on stderr.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -222,6 +226,15 @@ def register_folder(name: str, folder: Path, root: Path) -> Corpus:
     if name in ("sample", "coco"):
         raise DatasetError(f"'{name}' is a built-in dataset name; register your folder under another name.")
     corpus = Corpus(name, root / name)
+    corpus.root.mkdir(parents=True, exist_ok=True)
+    with open(corpus.root / ".register.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the OS if this process dies
+        _link(name, folder, corpus)
+        _register_locked(name, folder, corpus)
+    return corpus
+
+
+def _link(name: str, folder: Path, corpus: Corpus) -> None:
     link = corpus.root / "images" / SPLIT
     if link.is_symlink() or link.exists():
         current = link.resolve()
@@ -230,10 +243,12 @@ def register_folder(name: str, folder: Path, root: Path) -> Corpus:
                 f"Dataset '{name}' is already registered to {current}, not {folder}. Choose another "
                 f"DATASET name, or remove {corpus.root} to re-register it."
             )
-    else:
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(folder, link, target_is_directory=True)
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(folder, link, target_is_directory=True)
 
+
+def _register_locked(name: str, folder: Path, corpus: Corpus) -> None:
     listing = corpus.listing_table(SPLIT)
     listing.parent.mkdir(parents=True, exist_ok=True)
     spool = Path(tempfile.mkdtemp(prefix=".register-", dir=listing.parent))
@@ -251,7 +266,6 @@ def register_folder(name: str, folder: Path, root: Path) -> Corpus:
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     corpus.annotations_file(SPLIT).unlink(missing_ok=True)  # an earlier version's listing, now replaced
-    return corpus
 
 
 def _write_listing(corpus: Corpus, folder: Path, spool: Path, read: HeaderReader, listing: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +42,52 @@ def _listing(root: Path) -> dict:
 def _bump_mtime(path: Path, before_ns: int) -> None:
     # set explicitly: a filesystem with coarse timestamps could otherwise keep the old mtime
     os.utime(path, ns=(before_ns + 5 * 10**9, before_ns + 5 * 10**9))
+
+
+_REGISTER = (
+    "import sys, time; from pathlib import Path; from corpora.folder import register_folder\n"
+    "while len(sys.argv) > 3 and not Path(sys.argv[3]).exists(): time.sleep(0.001)\n"  # a starting gun
+    "register_folder('mine', Path(sys.argv[1]), Path(sys.argv[2]))"
+)
+
+
+def test_registrations_started_together_all_succeed_and_agree(tmp_path):
+    # two `moai annotate` runs started together both register their folder: one used to crash on
+    # the symlink the other had just made (FileExistsError), seen in test_warehouse_attacks
+    folder = tmp_path / "imgs"
+    for i in range(6):
+        _write(folder / f"{i}.png", (8 + i, 8))
+    repo = Path(__file__).resolve().parents[1]
+    for attempt in range(3):
+        root, gun = tmp_path / f"data{attempt}", tmp_path / f"go{attempt}"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _REGISTER, str(folder), str(root), str(gun)], cwd=repo,
+                             stderr=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]  # fmt: skip
+        time.sleep(3)  # all four imported and waiting
+        gun.touch()
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, errors
+        assert _ids(_register(folder, root)) == {f"{i}.png": i + 1 for i in range(6)}
+        assert _listing(root)["next_id"] == 7
+
+
+def test_a_registration_waits_for_one_in_progress(tmp_path):
+    import fcntl
+
+    folder, root = tmp_path / "imgs", tmp_path / "data"
+    _write(folder / "a.png", (8, 8))
+    (root / "mine").mkdir(parents=True)
+    with open(root / "mine" / ".register.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([sys.executable, "-c", _REGISTER, str(folder), str(root)],
+                                cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)  # it does not touch the listing while another registration holds it
+        assert not (root / "mine" / "annotations" / f"images_{SPLIT}.parquet").exists()
+    assert proc.wait(timeout=120) == 0
+    assert _ids(_register(folder, root)) == {"a.png": 1}
 
 
 def test_removed_id_is_never_reused(tmp_path):
