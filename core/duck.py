@@ -19,3 +19,29 @@ def open_connection(database: str = ":memory:", read_only: bool = False) -> duck
 
 def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
+
+
+# Memory limits for the streamed jobs (folder registration, planning) that sort and join whole corpus
+# listings: one DuckDB thread, a small limit, spilling to disk beyond it. The driver's memory then
+# stays nearly flat with corpus size; a job that still runs out (a sort's merge of very many runs needs
+# some memory of its own) is started again from the beginning at the next limit.
+MEMORY_STEPS = ("64MB", "256MB", "1GB")
+
+
+def bounded(con: duckdb.DuckDBPyConnection, memory: str, temp_directory: str) -> None:
+    """Set `con` to one thread and `memory`, spilling to `temp_directory`."""
+    con.execute("SET threads = 1")
+    con.execute(f"SET memory_limit = {sql_literal(memory)}")
+    con.execute(f"SET temp_directory = {sql_literal(temp_directory)}")
+
+
+def with_memory_steps(run, steps: tuple[str, ...] | None = None):
+    """`run(limit)` at each memory limit of `steps` (MEMORY_STEPS) in turn until it does not run out of
+    memory; `run` must start from scratch each time (it is re-run whole)."""
+    steps = steps or MEMORY_STEPS
+    for memory in steps[:-1]:
+        try:
+            return run(memory)
+        except duckdb.OutOfMemoryException:
+            continue
+    return run(steps[-1])

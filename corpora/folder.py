@@ -16,12 +16,13 @@ Image ids identify file *contents*, because the warehouse's exactly-once ledger 
 - an id is never reused: the listing keeps a high-water mark `next_id` that never decreases, so a
   file added after another was removed cannot inherit the removed file's id (and its annotations).
 
-Registration streams: the folder walk is written to a Parquet spool in 50k-row batches, DuckDB (memory
-limit 128 MB, spilling beyond) joins it with the current listing and sorts it by path, and the new
-listing is written batch by batch. Only new or changed files have their headers read (width/height),
-in a pool of processes when there are many. Listings written by earlier versions (`instances_default.json`, with or without the `size`,
-`mtime_ns` and `next_id` fields) are read once, keep their ids (entries without stamps adopt the
-file's current ones), and are replaced by the Parquet table.
+Registration streams: the folder walk is written to a Parquet spool in 50k-row batches, DuckDB (one
+thread, memory limit 64 MB, spilling beyond; core/duck.py raises it step by step if a merge still runs
+out) joins it with the current listing and sorts it by path, and the new listing is written batch by
+batch. Only new or changed files have their headers read (width/height), in a pool of processes when
+there are many. Listings written by earlier versions (`instances_default.json`, with or without the
+`size`, `mtime_ns` and `next_id` fields) are read once, keep their ids (entries without stamps adopt
+the file's current ones), and are replaced by the Parquet table.
 
 Two registrations of one name at once (two `moai annotate` runs started together) take turns on a lock
 file in `data/<name>/`: the second sees the first's listing, so both agree on every id.
@@ -44,7 +45,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.duck import open_connection, sql_literal
+from core.duck import bounded, open_connection, sql_literal, with_memory_steps
 from core.errors import DatasetError
 from corpora.layout import IMAGE_SUFFIXES, Corpus
 
@@ -52,7 +53,6 @@ SPLIT = "default"
 SHOWN_PROBLEMS = 5  # paths named in the warning; the rest are only counted
 PARALLEL_FROM = 2000  # files from which new files' headers are read by a pool of processes
 BATCH_ROWS = 50_000  # rows per batch while scanning and merging: the memory a registration holds
-MEMORY = "128MB"  # DuckDB's memory limit while merging; it spills to disk beyond it
 SCAN_SCHEMA = pa.schema([("file_name", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64())])
 LISTING_SCHEMA = pa.schema(
     [
@@ -192,7 +192,9 @@ def _joined_sql(scan: Path, old: str) -> str:
             -- an entry listed before stamps were recorded adopts the file's current ones
             coalesce(o.id IS NOT NULL AND coalesce(o.size, s.size) = s.size
                      AND coalesce(o.mtime_ns, s.mtime_ns) = s.mtime_ns, false) AS keep,
-            string_split(s.file_name, '/') AS parts
+            -- sorting by this string orders paths component by component ('/' below every character that
+            -- can follow it): a folder's files stay together, and DuckDB sorts a string far leaner than a list
+            replace(s.file_name, '/', chr(1)) AS path_key
         FROM read_parquet({sql_literal(str(scan))}) s LEFT JOIN {old} o USING (file_name)"""
 
 
@@ -203,7 +205,7 @@ def _merge(con, joined: str, next_id: int, folder: Path, read: HeaderReader, out
     fresh = 0
     # Sorted by DuckDB (it spills); ids are handed out while streaming the sorted rows, so no window
     # over all of them is ever held in memory.
-    for batch in con.sql(f"SELECT * FROM ({joined}) ORDER BY parts").to_arrow_reader(BATCH_ROWS):
+    for batch in con.sql(f"SELECT * FROM ({joined}) ORDER BY path_key").to_arrow_reader(BATCH_ROWS):
         keep = batch.column("keep").to_pylist()
         names = batch.column("file_name").to_pylist()
         ids = batch.column("old_id").to_pylist()
@@ -271,22 +273,29 @@ def _register_locked(name: str, folder: Path, corpus: Corpus) -> None:
 def _write_listing(corpus: Corpus, folder: Path, spool: Path, read: HeaderReader, listing: Path) -> None:
     """Merge the scan with the current listing in DuckDB (bounded memory, spilling to `spool`) and
     replace the listing atomically: the id high-water mark in it must never be torn or lost."""
-    con = open_connection()
+    tmp = listing.with_name(f"{listing.name}.{os.getpid()}.tmp")  # two registrations never share it
+
+    def merge(memory: str) -> None:
+        con = open_connection()
+        try:
+            bounded(con, memory, str(spool / "duckdb.tmp"))
+            old, next_id = _old_listing(con, corpus)
+            joined = _joined_sql(spool / "scan.parquet", old)
+            # counted first: the listing's schema, written before its rows, carries the new high-water mark
+            fresh = con.execute(f"SELECT count(*) FROM ({joined}) WHERE NOT keep").fetchall()[0][0]
+            schema = LISTING_SCHEMA.with_metadata({"next_id": str(next_id + fresh)})
+            with open(tmp, "wb") as f:
+                with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+                    written = _merge(con, joined, next_id, folder, read, writer)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            con.close()
+        assert written == fresh, (written, fresh)
+
     try:
-        con.execute(f"SET memory_limit = '{MEMORY}'")
-        con.execute(f"SET temp_directory = {sql_literal(str(spool / 'duckdb.tmp'))}")
-        old, next_id = _old_listing(con, corpus)
-        joined = _joined_sql(spool / "scan.parquet", old)
-        # counted first: the listing's schema, written before its rows, carries the new high-water mark
-        fresh = con.execute(f"SELECT count(*) FROM ({joined}) WHERE NOT keep").fetchall()[0][0]
-        schema = LISTING_SCHEMA.with_metadata({"next_id": str(next_id + fresh)})
-        tmp = listing.with_name(f"{listing.name}.{os.getpid()}.tmp")  # two registrations never share it
-        with open(tmp, "wb") as f:
-            with pq.ParquetWriter(f, schema, compression="zstd") as writer:
-                written = _merge(con, joined, next_id, folder, read, writer)
-            f.flush()
-            os.fsync(f.fileno())
-    finally:
-        con.close()
-    assert written == fresh, (written, fresh)
+        with_memory_steps(merge)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, listing)

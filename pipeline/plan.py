@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from core.duck import sql_literal
+from core.duck import bounded, sql_literal, with_memory_steps
 from corpora.layout import ImageRef
 from pipeline.stages import new_row
 from warehouse.current import current_records
@@ -37,7 +37,6 @@ from warehouse.store import plain_errors
 
 BATCH_ROWS = 50_000  # plan rows per DuckDB batch and per spooled file
 GROUP_ROWS = (4, 64)  # rows per Parquet row group (the Ray job's unit of work): min, max
-PLAN_MEMORY = "128MB"  # DuckDB's memory limit while planning; joins and aggregates spill beyond it
 
 # The columns the plan fills from the query; every other column of the stage row keeps the empty value
 # new_row (pipeline/stages.py, the one definition of the stage row) gives it.
@@ -122,7 +121,7 @@ def _plan_sql(listing: str, dataset: str, experts: list[str], hashes: dict[str, 
     )
     done_some = " OR ".join(f"coalesce(d.has_{i}, false)" for i in range(len(experts))) or "false"
     sql = f"""
-        WITH listing AS (SELECT * FROM ({listing}) ORDER BY part, pos {f"LIMIT {int(limit)}" if limit is not None else ""}),
+        WITH listing AS ({f"SELECT * FROM ({listing}) ORDER BY part, pos LIMIT {int(limit)}" if limit is not None else listing}),
         ledger AS (
             SELECT image_id, {flags},
                 bool_or(expert = 'decode' AND config_hash = ? AND status = 'ok') AS decode_ok,
@@ -152,15 +151,21 @@ def make_plan(corpus, profile, hashes: dict[str, str], wh, aux_key: str, spool: 
     each row stamped with `run_id`.
     With `retry_errors`, keys that failed before are planned again; the commit lets a retry finish a
     failed key, never a finished one."""
-    plan = Plan(corpus.name, todo={n: 0 for n in profile.experts}, spool=spool)
-    shutil.rmtree(spool, ignore_errors=True)
-    spool.mkdir(parents=True)
-    con = wh.connect()
-    try:
-        with plain_errors():
+
+    def attempt(memory: str) -> Plan:
+        plan = Plan(corpus.name, todo={n: 0 for n in profile.experts}, spool=spool)
+        shutil.rmtree(spool, ignore_errors=True)
+        spool.mkdir(parents=True)
+        con = wh.connect()
+        try:
+            bounded(con, memory, str(spool / "duckdb.tmp"))
             _spool(con, plan, corpus, hashes, wh, aux_key, run_id, limit, splits, retry_errors)
-    finally:
-        con.close()
+        finally:
+            con.close()
+        return plan
+
+    with plain_errors():
+        plan = with_memory_steps(attempt)
     shutil.rmtree(spool / "duckdb.tmp", ignore_errors=True)
     plan.skipped = plan.listed - plan.count
     return plan
@@ -170,8 +175,6 @@ def _spool(con, plan: Plan, corpus, hashes, wh, aux_key, run_id, limit, splits, 
     """Run the planning query and write its rows, batch by batch, as Parquet files of stage rows."""
     experts = list(plan.todo)
     assert plan.spool is not None
-    con.execute(f"SET memory_limit = '{PLAN_MEMORY}'")
-    con.execute(f"SET temp_directory = {sql_literal(str(plan.spool / 'duckdb.tmp'))}")
     listing = _listing_sql(con, corpus, splits)
     limited = f"SELECT * FROM ({listing}) {f'LIMIT {int(limit)}' if limit is not None else ''}"
     plan.listed = con.execute(f"SELECT count(*) FROM ({limited})").fetchall()[0][0]

@@ -32,8 +32,8 @@ def setup(tmp_path):
     return corpus, profile, hashes, aux_key, Warehouse(tmp_path / "wh"), tmp_path
 
 
-def _done(image_id, expert, config_hash, status="ok", records=0):
-    return {"dataset": "twelve", "image_id": image_id, "expert": expert, "config_hash": config_hash,
+def _done(image_id, expert, config_hash, status="ok", records=0, dataset="twelve"):
+    return {"dataset": dataset, "image_id": image_id, "expert": expert, "config_hash": config_hash,
             "status": status, "n_records": records, "seconds": 0.0, "run_id": "earlier"}  # fmt: skip
 
 
@@ -103,3 +103,41 @@ def test_limit_counts_listed_images_in_listing_order(setup):
     assert (plan.listed, plan.skipped) == (4, 1)
     assert [r["image_id"] for r in plan.rows()] == [2, 3, 4]
     assert plan.head(2) == list(plan.rows())[:2]
+
+
+def test_registration_and_planning_that_run_out_of_memory_are_run_again_with_more(tmp_path, monkeypatch):
+    import os
+
+    import duckdb
+
+    from core import duck
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "one.png")
+    for i in range(4000):
+        os.link(tmp_path / "one.png", folder / f"img_{i:05d}.png")
+    root = tmp_path / "data"
+    monkeypatch.setattr(duck, "MEMORY_STEPS", ("1MB",))  # too little for DuckDB's sort of the listing
+    with pytest.raises(duckdb.OutOfMemoryException):
+        resolve_corpus("many", images=folder, root=root)
+    listing = root / "many" / "annotations" / "images_default.parquet"
+    assert not listing.exists() and not list(listing.parent.glob("*.tmp"))  # nothing half-written left
+    monkeypatch.setattr(duck, "MEMORY_STEPS", ("1MB", "64MB"))  # the first runs out, the next one works
+    corpus = resolve_corpus("many", images=folder, root=root)
+    assert [(r.image_id, r.file_name) for r in corpus.images()] == [
+        (i + 1, f"img_{i:05d}.png") for i in range(4000)
+    ]
+
+    profile = load_profile(FAST)
+    hashes = plan_hashes(profile)
+    aux_key = aux_hash(verbalizer_hash(profile.verbalize), hashes)
+    wh = Warehouse(tmp_path / "wh")
+    wh.commit({"done": [_done(i, "decode", DECODE_KEY, "error", dataset="many") for i in range(1, 4001, 2)]})
+    monkeypatch.setattr(duck, "MEMORY_STEPS", ("1MB",))
+    with pytest.raises(duckdb.OutOfMemoryException):
+        make_plan(corpus, profile, hashes, wh, aux_key, tmp_path / "spool", "r")
+    monkeypatch.setattr(duck, "MEMORY_STEPS", ("1MB", "64MB"))
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, tmp_path / "spool", "r")
+    assert [r["image_id"] for r in plan.rows()] == list(range(2, 4001, 2))  # once each, in listing order
+    assert (plan.listed, plan.count) == (4000, 2000)
