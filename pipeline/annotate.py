@@ -2,13 +2,18 @@
 
 corpus → plan (pipeline/plan.py: listing ⋈ ledger in DuckDB, spooled to Parquet)
        → decode → detection → segmentation → sgg → ocr
-       → verbalize → commit (atomic, every `commit_every` images) → runs row + summary
+       → verbalize + write the rows → commit (atomic, every `commit_every` images) → runs row + summary
+
+In the Ray job the workers verbalize and write the rows (`stage_on_worker` → Warehouse.stage, files
+under `<warehouse>/_incoming/`); the driver's commit checks their keys and publishes the files in the
+manifest as they are (Warehouse.commit_staged). The local executor does it all in this process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -28,7 +33,7 @@ from pipeline.profiles import JobSpec, Profile, load_job, load_profile, plan_has
 from pipeline.terminal import Progress, quiet
 from verbalize.aux import aux_hash, aux_rows, verbalize_row, verbalizer_hash
 from warehouse.rows import table_rows_for
-from warehouse.store import Warehouse
+from warehouse.store import INCOMING, Warehouse
 
 COMPACT_EVERY = 64  # commits between compactions during a run (and the files a partition must reach)
 
@@ -166,17 +171,30 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     hashes = plan_hashes(profile)
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
-    plans = wh.root / "_plans"  # this dataset's run lock is held: earlier runs' spools are stale
-    for stale in plans.glob(f"{corpus.name}--*") if plans.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
-    plan = make_plan(corpus, profile, hashes, wh, aux_key, plans / f"{corpus.name}--{run_id}", run_id,
-                     limit=limit, splits=job.splits, retry_errors=retry_errors)  # fmt: skip
+    tag = f"{corpus.name}--{run_id}"  # this run's plan spool and the folder its workers write rows to
+    plans = wh.root / "_plans"
+    # this dataset's run lock is held: what earlier runs of it left behind is stale
+    for folder in (plans, wh.root / INCOMING):
+        for stale in folder.iterdir() if folder.is_dir() else []:
+            if _run_of(stale.name, corpus.name):
+                shutil.rmtree(stale, ignore_errors=True)
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, plans / tag, run_id, limit=limit, splits=job.splits,
+                     retry_errors=retry_errors)  # fmt: skip
     try:
         return _run_plan(
             corpus, profile, job, wh, executor, out, plan, run_id, started, hashes, vhash, aux_key
         )
     finally:
         plan.remove()
+        wh.remove_incoming(tag)
+
+
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def _run_of(name: str, dataset: str) -> bool:
+    """Whether `name` is `<dataset>--<run id>` of exactly this dataset (dataset `a` is not `a--b`)."""
+    return name.startswith(f"{dataset}--") and bool(RUN_ID.fullmatch(name[len(dataset) + 2 :]))
 
 
 def _run_plan(
@@ -202,12 +220,19 @@ def _run_plan(
         with quiet(log_path) as terminal:
             progress = Progress(plan.count, list(profile.experts), stream=terminal)
             committer = Committer(wh, job.commit_every)
-            for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal)):
-                tables = row_tables(row, profile, hashes, run_id, vhash, aux_key)
-                tally.add(row, tables)
+            finish = {"root": str(wh.root.resolve()), "tag": f"{corpus.name}--{run_id}", "profile": profile,
+                      "hashes": hashes, "run_id": run_id, "vhash": vhash, "aux_key": aux_key}  # fmt: skip
+            for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal, finish)):
+                if "row_counts" in row:  # a worker wrote its image's rows (the Ray job): commit its files
+                    tally.add(row, json.loads(row["row_counts"]))
+                    if row["staged"]:
+                        committer.publish(json.loads(row["staged"]))
+                else:  # the rows are made and written here (the local executor)
+                    tables = row_tables(row, profile, hashes, run_id, vhash, aux_key)
+                    tally.add(row, {table: len(rows) for table, rows in tables.items()})
+                    committer.add(tables)
                 tally.counts.setdefault("startup_s", round(time.perf_counter() - start, 2))
                 progress.update(row)
-                committer.add(tables)
             progress.close()
             committer.flush()
     elapsed = time.perf_counter() - start
@@ -235,6 +260,36 @@ def row_tables(
     return tables
 
 
+SUMMARY = (
+    "todo",
+    "decode_reason",
+    *(f"{n}_{f}" for n in EXPERT_NAMES for f in ("error", "seconds", "identity")),
+)
+
+
+def stage_on_worker(
+    table, *, root: str, tag: str, profile: Profile, hashes, run_id: str, vhash: str, aux_key: str
+):
+    """The Ray job's last step, on a worker: up to `commit_every` finished images → their rows of every
+    table, written under the warehouse's `_incoming/<tag>/` (Warehouse.stage). Out: one small row per
+    image with what the driver counts; the first also names the files, which the driver commits
+    (Warehouse.commit_staged). Files of a task that Ray re-runs, or that no commit adopts, stay
+    invisible and are removed with the tag when the run ends (or by the dataset's next run)."""
+    import pyarrow as pa
+
+    merged: dict[str, list[dict]] = {}
+    out = []
+    for row in table.to_pylist():
+        tables = row_tables(row, profile, hashes, run_id, vhash, aux_key)
+        for name, rows in tables.items():
+            merged.setdefault(name, []).extend(rows)
+        counts = json.dumps({name: len(rows) for name, rows in tables.items()})
+        out.append({**{k: row[k] for k in SUMMARY}, "row_counts": counts, "staged": ""})
+    if out:
+        out[0]["staged"] = json.dumps(Warehouse(root).stage(merged, tag))
+    return pa.Table.from_pylist(out)
+
+
 class Committer:
     """The driver's commits: one every `commit_every` images (all their tables at once), and a
     compaction of the small files every COMPACT_EVERY commits, so a long run keeps few files and its
@@ -257,13 +312,24 @@ class Committer:
         if not self.images:
             return
         self.wh.commit(self.pending)
-        self.pending, self.images, self.commits = {}, 0, self.commits + 1
+        self.pending, self.images = {}, 0
+        self._committed()
+
+    def publish(self, staged: list[str]) -> None:
+        """Commit the files a worker wrote (`stage_on_worker`)."""
+        self.wh.commit_staged(staged)
+        self._committed()
+
+    def _committed(self) -> None:
+        self.commits += 1
         if self.commits % COMPACT_EVERY == 0:
             self.wh.compact(min_files=COMPACT_EVERY)
 
 
-def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Warehouse, terminal=sys.stderr):
-    """Finished rows from the chosen executor, for the experts this plan still needs."""
+def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Warehouse, terminal=sys.stderr,
+            finish: dict | None = None):  # fmt: skip
+    """Finished rows from the chosen executor, for the experts this plan still needs. With `finish`
+    (stage_on_worker's arguments), the Ray job writes the rows on its workers and sends summaries."""
     from pipeline.executors import StageSpec, init_ray, run_local, run_ray
 
     needed = [n for n in profile.experts if plan.todo.get(n)]
@@ -293,7 +359,11 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
         file=terminal,
     )
-    return run_ray(plan.files, specs, job.batch_size)
+    # The workers write (and the driver commits) every `commit_every` images, and more often in small
+    # runs: the driver hears of an image only once its batch is written, and progress should move.
+    rows = max(1, min(job.commit_every, plan.count // 32))
+    writer = (stage_on_worker, finish, rows) if finish else None
+    return run_ray(plan.files, specs, job.batch_size, writer)
 
 
 def actor_pools(
@@ -333,7 +403,9 @@ class Tally:
         self.seconds: Counter = Counter()
         self.random_by_expert: dict[str, bool] = {}
 
-    def add(self, row: dict, tables: dict[str, list[dict]]) -> None:
+    def add(self, row: dict, row_counts: dict[str, int]) -> None:
+        """One finished image: its stage row (or the summary of it a worker sent) and the rows it
+        added to each table."""
         for name in self.experts:
             if name in row["todo"].split(",") and not row["decode_reason"]:
                 self.counts[f"{name}_{'errors' if row[f'{name}_error'] else 'images'}"] += 1
@@ -341,9 +413,9 @@ class Tally:
                 ident = json.loads(row[f"{name}_identity"] or "{}")
                 if ident:
                     self.random_by_expert[name] = ident.get("weights_sha256") == "random-init"
-        for table, rows in tables.items():
+        for table, n in row_counts.items():
             if table != "done":
-                self.counts[f"rows_{table}"] += len(rows)
+                self.counts[f"rows_{table}"] += n
         self.counts["decode_errors"] += bool(row["decode_reason"])
 
     @property

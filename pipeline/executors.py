@@ -98,7 +98,12 @@ def _read_plan_groups(descriptors):
     return pa.concat_tables([pq.ParquetFile(f).read_row_group(g) for f, g in zip(files, groups, strict=True)])
 
 
-def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
+def run_ray(
+    files: list[Path], specs: list[StageSpec], batch_size: int = 4, writer: tuple | None = None
+) -> Iterator[dict]:
+    """The plan's files through the expert stages on the cluster. With `writer` = (function, keyword
+    arguments, rows), a last step calls the function on batches of that many finished rows (a task
+    of a sliver of a CPU, like the plan reads) and what it returns is yielded instead."""
     import pyarrow.parquet as pq
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -146,5 +151,9 @@ def run_ray(files: list[Path], specs: list[StageSpec], batch_size: int = 4) -> I
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
             **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
+    if writer is not None:
+        function, kwargs, rows = writer
+        ds = ds.map_batches(function, fn_kwargs=kwargs, batch_size=rows, batch_format="pyarrow", num_cpus=0.05,
+                            compute=TaskPoolStrategy(size=2))  # fmt: skip
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         yield from batch.to_pylist()

@@ -3,6 +3,7 @@ through Ray's job API to a real local cluster (`ray start --head` on 127.0.0.1) 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -66,6 +67,17 @@ def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos):
     finally:
         ray.shutdown()
     assert _records(distributed) == _records(local)
+    # the Ray job's workers wrote the rows (Warehouse.stage) and the driver published them: the run
+    # counts the same rows, and leaves nothing behind in _incoming
+    counts = [
+        json.loads(w.query("SELECT counts_json FROM runs").to_pylist()[0]["counts_json"])
+        for w in (local, distributed)
+    ]
+    assert [{k: v for k, v in c.items() if k.startswith("rows_")} for c in counts] == [
+        {k: v for k, v in counts[0].items() if k.startswith("rows_")}
+    ] * 2
+    assert counts[0]["rows_detections"] > 0
+    assert not any((tmp_path / "ray" / "_incoming").iterdir())
     assert [(e["file_name"], e["stage"]) for e in _records(local)["errors"]] == [("broken.jpg", "decode")]
 
 

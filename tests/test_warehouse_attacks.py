@@ -100,6 +100,43 @@ def test_keyed_tables_outside_the_ledger_are_not_doubled(tmp_path):
     assert _n(wh, "SELECT count(*) AS n FROM instructions") == 2
 
 
+# ------------------------------------------------------------- rows the workers wrote, the driver commits
+RUN = "20261130T000000Z-abcdef"
+
+
+def test_files_a_worker_staged_are_published_as_written_and_each_key_only_once(tmp_path):
+    wh = Warehouse(tmp_path)
+    rels = wh.stage({"done": [_done("a", 1), _done("a", 2)], "detections": [_det("a", 1), _det("a", 2)]},
+                    f"a--{RUN}")  # fmt: skip
+    written = {rel.split("/")[2]: (tmp_path / rel).read_bytes() for rel in rels}
+    assert _n(wh, "SELECT count(*) AS n FROM detections") == 0  # staged is not committed
+    wh.commit_staged(rels)
+    assert _n(wh, "SELECT count(*) AS n FROM detections") == 2
+    # the driver only moved the files into place: the published files are the worker's bytes
+    assert {t: wh.files(t)[0].read_bytes() for t in written} == written
+    assert not any((tmp_path / rel).exists() for rel in rels)
+    # a re-run task (or a racing run) stages the same keys again with a new image: only that one is added
+    again = wh.stage({"done": [_done("a", 2), _done("a", 3)], "detections": [_det("a", 2), _det("a", 3)]},
+                     f"a--{RUN}")  # fmt: skip
+    wh.commit_staged(again)
+    assert _n(wh, "SELECT count(*) AS n FROM detections") == 3 and wh.skipped_keys == 1
+    assert _n(wh, "SELECT count(*) AS n FROM done") == 3
+
+
+def test_rows_staged_but_never_committed_stay_invisible_and_the_next_run_removes_them(tmp_path, photos):
+    wh = Warehouse(tmp_path / "wh")
+    corpus = resolve_corpus("race", images=photos, root=tmp_path / "data")
+    stale = wh.stage({"detections": [_det("race", 1)], "done": [_done("race", 1)]}, f"race--{RUN}")
+    other = wh.stage({"detections": [_det("race--b", 1)]}, f"race--b--{RUN}")  # another dataset's run
+    job = JobSpec(dataset="race", profile="fast", allow_random_weights=True, batch_size=4, commit_every=4)
+    run_annotation(corpus, load_profile(FAST), job, wh, executor="local")
+    assert not (tmp_path / "wh" / stale[0]).exists() and (tmp_path / "wh" / other[0]).exists()
+    # the images were annotated by the run itself; the staged rows never reached a table
+    assert _n(wh, "SELECT count(*) AS n FROM done WHERE run_id = 'r1'") == 0
+    assert _n(wh, "SELECT count(*) AS n FROM images") == 8
+    assert _n(wh, "SELECT count(*) AS n FROM detections WHERE run_id = 'r1'") == 0
+
+
 @pytest.fixture()
 def photos(tmp_path, sample_image):
     folder = tmp_path / "photos"

@@ -5,6 +5,7 @@ Layout (Hive partitions by table and dataset, never by image)::
     <root>/_manifest.json                          # the only source of truth for readers
     <root>/<table>/dataset=<name>/part-<commit>.parquet   # also a `dataset` string column inside
     <root>/_staging/<commit>/...                   # being written; never read
+    <root>/_incoming/<tag>/<table>/...             # written by workers, until a commit adopts them
     <root>/_journal/<commit>.json                  # files a commit is about to place (crash recovery)
     <root>/_quarantine/<stamp>/...                 # files nobody could account for: kept, never read
 
@@ -52,6 +53,7 @@ COMPACT_WHEN_FILES = 8  # per (table, dataset) partition
 TARGET_FILE_BYTES = 256 * 1024 * 1024
 RETIRE_GRACE_S = 3600.0  # how long a compacted-away file stays readable for readers that listed it
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+INCOMING = "_incoming"  # rows the workers wrote, waiting for the driver's commit (see Warehouse.stage)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -340,45 +342,106 @@ class Warehouse:
                 ).cast(TABLES[t])
                 for t, rows in tables.items()
             }
-            data = self._drop_committed(data)
-            staging = self.root / "_staging" / commit_id
-            placed: list[tuple[Path, str]] = []
-            journal = None
-            try:
-                for table, rows in data.items():
-                    for dataset in sorted(set(rows.column("dataset").to_pylist())):
-                        # the file keeps its `dataset` column (a string) beside the folder name: readers
-                        # that ignore hive folders keep it, and no reader can type it as a number or date
-                        part = rows.filter(pc.equal(rows.column("dataset"), dataset))
-                        rel = f"{table}/dataset={dataset}/part-{commit_id}.parquet"
-                        tmp = staging / rel
-                        tmp.parent.mkdir(parents=True, exist_ok=True)
-                        pq.write_table(part, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                        with open(tmp, "rb") as f:
-                            os.fsync(f.fileno())
-                        placed.append((tmp, rel))
-                if not placed:
-                    return commit_id
-                journal = self._journal(commit_id, [rel for _, rel in placed])
-                manifest = self.manifest()
-                for tmp, rel in placed:
-                    (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, self.root / rel)
-                    manifest["tables"].setdefault(rel.split("/", 1)[0], []).append(rel)
-                self._publish(manifest)  # the commit point
-            except OSError as err:
-                self._undo(placed, journal)
-                if err.errno in DISK_FULL:
-                    raise WarehouseError(
-                        f"The disk holding {self.root} is full ({err.strerror}). This commit was rolled back "
-                        "and nothing from it is visible; every earlier commit is intact. Free some space and "
-                        "run the command again: finished work is skipped."
-                    ) from None
-                raise
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            journal.unlink(missing_ok=True)
+            self._place_and_publish(self._drop_committed(data), commit_id, {})
         return commit_id
+
+    # -- rows written by the workers, published by the driver ---------------------------------------
+    def stage(self, tables: dict[str, list[dict]], tag: str) -> list[str]:
+        """Write rows as files under `_incoming/<tag>/` (no lock, no manifest: a worker calls this) and
+        return their paths relative to the root, for `commit_staged`. Until a commit adopts them they
+        are invisible; an abandoned tag is removed by `remove_incoming`."""
+        out = []
+        for table, rows in tables.items():
+            if not rows:
+                continue
+            data = pa.Table.from_pylist(rows, schema=TABLES[table])
+            for dataset in sorted(set(data.column("dataset").to_pylist())):
+                rel = f"{INCOMING}/{tag}/{table}/dataset={dataset}/part-{uuid.uuid4().hex[:16]}.parquet"
+                path = self.root / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp")  # a torn file never has a name a commit reads
+                pq.write_table(data.filter(pc.equal(data.column("dataset"), dataset)), tmp,
+                               compression="zstd", row_group_size=ROW_GROUP_ROWS)  # fmt: skip
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                out.append(rel)
+        return out
+
+    def commit_staged(self, rels: list[str], commit_id: str | None = None) -> str:
+        """Publish files written by `stage` as one atomic commit. The key check is the one `commit`
+        makes: when it drops nothing (the normal case) the files are moved into place as they are,
+        so the driver only publishes names; when another commit already holds some keys, the rest
+        of the rows are written anew and the staged files are left for `remove_incoming`."""
+        commit_id = commit_id or uuid.uuid4().hex[:16]
+        with self._lock():
+            self._recover_locked()
+            staged: dict[str, list[tuple[str, pa.Table]]] = {}
+            for rel in rels:
+                table = rel.split("/")[2]
+                staged.setdefault(table, []).append((rel, pq.read_table(self.root / rel).cast(TABLES[table])))
+            data = {t: pa.concat_tables([rows for _, rows in parts]) for t, parts in staged.items()}
+            sizes = {t: rows.num_rows for t, rows in data.items()}
+            data = self._drop_committed(data)
+            if {t: rows.num_rows for t, rows in data.items()} == sizes and all(
+                len(parts) == 1 for parts in staged.values()
+            ):
+                self._place_and_publish({}, commit_id, {t: parts[0][0] for t, parts in staged.items()})
+            else:
+                self._place_and_publish(data, commit_id, {})
+        return commit_id
+
+    def remove_incoming(self, tag: str) -> None:
+        shutil.rmtree(self.root / INCOMING / tag, ignore_errors=True)
+
+    def incoming_tags(self) -> list[str]:
+        folder = self.root / INCOMING
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def _place_and_publish(self, data: dict[str, pa.Table], commit_id: str, adopt: dict[str, str]) -> None:
+        """Under the lock: write `data` (table -> rows, per dataset partition) and move the staged files
+        of `adopt` (table -> a file of one dataset under _incoming) into place, then publish them all in
+        one manifest update, the commit point."""
+        staging = self.root / "_staging" / commit_id
+        placed: list[tuple[Path, str]] = []
+        journal = None
+        try:
+            for table, rows in data.items():
+                for dataset in sorted(set(rows.column("dataset").to_pylist())):
+                    # the file keeps its `dataset` column (a string) beside the folder name: readers
+                    # that ignore hive folders keep it, and no reader can type it as a number or date
+                    part = rows.filter(pc.equal(rows.column("dataset"), dataset))
+                    rel = f"{table}/dataset={dataset}/part-{commit_id}.parquet"
+                    tmp = staging / rel
+                    tmp.parent.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(part, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+                    with open(tmp, "rb") as f:
+                        os.fsync(f.fileno())
+                    placed.append((tmp, rel))
+            for table, source in adopt.items():
+                partition = source.split("/")[3]  # _incoming/<tag>/<table>/dataset=<name>/<file>
+                placed.append((self.root / source, f"{table}/{partition}/part-{commit_id}.parquet"))
+            if not placed:
+                return
+            journal = self._journal(commit_id, [rel for _, rel in placed])
+            manifest = self.manifest()
+            for tmp, rel in placed:
+                (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, self.root / rel)
+                manifest["tables"].setdefault(rel.split("/", 1)[0], []).append(rel)
+            self._publish(manifest)  # the commit point
+        except OSError as err:
+            self._undo(placed, journal)
+            if err.errno in DISK_FULL:
+                raise WarehouseError(
+                    f"The disk holding {self.root} is full ({err.strerror}). This commit was rolled back "
+                    "and nothing from it is visible; every earlier commit is intact. Free some space and "
+                    "run the command again: finished work is skipped."
+                ) from None
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        journal.unlink(missing_ok=True)
 
     def _undo(self, placed: list[tuple[Path, str]], journal: Path | None) -> None:
         """Remove what an unpublished commit placed (best effort; recovery finishes the job)."""
