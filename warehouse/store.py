@@ -374,21 +374,38 @@ class Warehouse:
         so the driver only publishes names; when another commit already holds some keys, the rest
         of the rows are written anew and the staged files are left for `remove_incoming`."""
         commit_id = commit_id or uuid.uuid4().hex[:16]
+        by_table: dict[str, list[str]] = {}
+        for rel in rels:
+            by_table.setdefault(rel.split("/")[2], []).append(rel)  # _incoming/<tag>/<table>/...
         with self._lock():
             self._recover_locked()
-            staged: dict[str, list[tuple[str, pa.Table]]] = {}
-            for rel in rels:
-                table = rel.split("/")[2]
-                staged.setdefault(table, []).append((rel, pq.read_table(self.root / rel).cast(TABLES[table])))
-            data = {t: pa.concat_tables([rows for _, rows in parts]) for t, parts in staged.items()}
-            sizes = {t: rows.num_rows for t, rows in data.items()}
-            data = self._drop_committed(data)
-            if {t: rows.num_rows for t, rows in data.items()} == sizes and all(
-                len(parts) == 1 for parts in staged.values()
+            # the check reads only the key columns: the driver's cost does not grow with the records
+            keys = {
+                t: pa.concat_tables(
+                    [
+                        pq.read_table(self.root / r, columns=_CHECKED[t]).cast(
+                            pa.schema([TABLES[t].field(c) for c in _CHECKED[t]])
+                        )
+                        for r in files
+                    ]  # fmt: skip
+                )
+                for t, files in by_table.items()
+                if t in _CHECKED
+            }
+            sizes = {t: rows.num_rows for t, rows in keys.items()}
+            skipped = self.skipped_keys
+            checked = self._drop_committed(dict(keys))
+            if {t: rows.num_rows for t, rows in checked.items()} == sizes and all(
+                len(files) == 1 for files in by_table.values()
             ):
-                self._place_and_publish({}, commit_id, {t: parts[0][0] for t, parts in staged.items()})
-            else:
-                self._place_and_publish(data, commit_id, {})
+                self._place_and_publish({}, commit_id, {t: files[0] for t, files in by_table.items()})
+            else:  # some keys are taken (or several files per table): the ordinary commit's path
+                self.skipped_keys = skipped  # counted again below
+                data = {
+                    t: pa.concat_tables([pq.read_table(self.root / r).cast(TABLES[t]) for r in files])
+                    for t, files in by_table.items()
+                }
+                self._place_and_publish(self._drop_committed(data), commit_id, {})
         return commit_id
 
     def remove_incoming(self, tag: str) -> None:
@@ -514,6 +531,13 @@ class Warehouse:
             shutil.rmtree(self.root / "_staging", ignore_errors=True)
             self._purge_retired_locked(manifest)
         return retired
+
+
+# The columns the commit-time key check reads, per table it checks (see _drop_committed).
+_CHECKED = {
+    "done": ["dataset", "image_id", "expert", "config_hash", "status"],
+    **{table: list(key) for table, key in UNIQUE_KEYS.items()},
+}
 
 
 def _size(path: Path) -> int:
