@@ -5,16 +5,18 @@
 
 SYNTHETIC: the corpus is N hard links to one 8x8 PNG (distinct names in folders of 10,000), and the
 configuration is the cheap OCR-only profile `signs-ocr`. The experts do not run: the commit step
-feeds every planned row through the driver's real path (`row_tables`, as `moai annotate` calls it:
-expert rows, verbalizer, aux rows → `Committer`: a commit every `commit_every` images, a compaction of
-small files every 64 commits; a last compaction at the end) with the expert's identity and "nothing
-found" as its output. So the numbers are the driver's own costs, what
-stays when the experts scale out on a cluster:
+feeds every planned row through the Ray job's real write path with the expert's identity and "nothing
+found" as its output: the worker's share (`row_tables`, as `moai annotate` calls it: expert rows,
+verbalizer, aux rows, then `Warehouse.stage` every `commit_every` images) timed apart, and the driver's
+share (`Committer.publish`: the key check and the manifest update, a compaction of small files every
+64 commits; a last compaction at the end) as the commit rate. So the numbers are the driver's own
+costs, what stays when the experts scale out on a cluster:
 
 - register: `moai` registering the folder the first time (one header read per file, in parallel);
 - plan: `moai plan --no-probe` over the registered folder (re-registration: a stat per file; then the
   DuckDB anti-join of the listing against the ledger, spooled to Parquet), nothing annotated yet;
-- commit: rows committed per second and files written (before and after compaction);
+- commit: images and rows the driver commits per second, files written (before and after compaction),
+  and apart, the seconds the workers spent making and writing the rows;
 - rerun: `moai annotate` when everything is done (re-registration, planning, nothing to run).
 
 At 1M the commit step takes most of an hour on 2 cores; `--steps register,plan,fill,rerun` fills the
@@ -113,7 +115,9 @@ def step_rerun(name: str, folder: str, wh: str) -> dict:
 
 
 def step_commit(name: str, folder: str, wh_path: str) -> dict:
-    """Every planned image through the driver's commit path, the expert's output being 'nothing found'."""
+    """Every planned image through the Ray job's write-and-commit path, the expert's output being
+    'nothing found': the rows made and staged as a worker does (`worker_s`, apart), then published by
+    the driver's commits (`commit_s`, the rates)."""
     from corpora.decode import decode_image
     from corpora.resolve import resolve_corpus
     from pipeline.annotate import Committer, row_tables
@@ -135,26 +139,39 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
               "source_mode": decoded.source_mode, "exif_rotated": bool(decoded.exif_rotated),
               "frames": int(decoded.frames)}  # fmt: skip
     plan = make_plan(corpus, profile, hashes, wh, aux_key, wh.root / "_plans" / "bench", "bench-scale")
-    start, rows_written = time.perf_counter(), 0
+    rows_written, worker_s, committed_s = 0, 0.0, 0.0
     committer = Committer(wh, job.commit_every)
-    for row in plan.rows():
+    batch: dict[str, list[dict]] = {}
+    images = 0
+    for i, row in enumerate(plan.rows(), 1):
+        t = time.perf_counter()
         row.update(decode)
         for n in profile.experts:
             row[f"{n}_records"], row[f"{n}_identity"] = "[]", identity[n]
-        tables = row_tables(row, profile, hashes, "bench-scale", vhash, aux_key)
-        rows_written += sum(len(rows) for rows in tables.values())
-        committer.add(tables)
-    committer.flush()
-    committed_s = time.perf_counter() - start
+        for table, rows in row_tables(row, profile, hashes, "bench-scale", vhash, aux_key).items():
+            batch.setdefault(table, []).extend(rows)
+            rows_written += len(rows)
+        images += 1
+        if images == job.commit_every or i == plan.count:  # what stage_on_worker does on a worker
+            staged = wh.stage(batch, f"{name}--bench")
+            batch, images = {}, 0
+            worker_s += time.perf_counter() - t
+            t = time.perf_counter()
+            committer.publish(staged)  # the driver's share
+            committed_s += time.perf_counter() - t
+        else:
+            worker_s += time.perf_counter() - t
     files_before = sum(len(v) for v in wh.manifest()["tables"].values())
     t = time.perf_counter()
     wh.compact()
     plan.remove()
+    wh.remove_incoming(f"{name}--bench")
     return {
         "images": plan.count,
         "commits": committer.commits,
         "commit_every": job.commit_every,
         "rows": rows_written,
+        "worker_s": round(worker_s, 2),
         "commit_s": round(committed_s, 2),
         "rows_per_s": round(rows_written / committed_s, 1) if committed_s else None,
         "images_per_s": round(plan.count / committed_s, 1) if committed_s else None,
