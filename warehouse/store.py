@@ -94,6 +94,7 @@ class Warehouse:
         self.journal_dir = self.root / "_journal"
         self.retire_grace_s = retire_grace_s
         self.skipped_keys = 0  # results a commit dropped because another commit already holds them
+        self._check_con = None  # see _checker
 
     # ------------------------------------------------------------------------------ reading
     def manifest(self) -> dict:
@@ -275,6 +276,17 @@ class Warehouse:
         _write_json_durably(path, {"files": rels})
         return path
 
+    def _checker(self, tables: list[str], manifest: dict):
+        """The key check's DuckDB connection, opened once per Warehouse object (opening one costs more
+        than a small commit's check), its views of `tables` rebuilt from `manifest` for each commit."""
+        from core.duck import open_connection
+        from warehouse.duck import build_views
+
+        if self._check_con is None:
+            self._check_con = open_connection()
+        build_views(self._check_con, manifest, self.root, tables)
+        return self._check_con
+
     def _drop_committed(self, data: dict[str, pa.Table]) -> dict[str, pa.Table]:
         """Drop incoming rows whose key is already committed (see the module docstring)."""
         # One connection with views of only the tables checked here: the cost of a commit must not grow
@@ -282,7 +294,7 @@ class Warehouse:
         # images' id range, which Parquet's row-group statistics use to skip most of it.
         manifest = self.manifest()
         needed = [t for t in ("done", *UNIQUE_KEYS) if t in data and manifest["tables"].get(t)]
-        con = self.connect(tables=needed, manifest=manifest) if needed else None
+        con = self._checker(needed, manifest) if needed else None
         try:
             done = data.get("done")
             if done is not None and done.num_rows and "done" in needed:
@@ -327,7 +339,8 @@ class Warehouse:
                     data[table] = _first_per_key(data[table], key)
         finally:
             if con is not None:
-                con.close()
+                for name in ("incoming", "incoming_keys"):
+                    con.unregister(name)
         return data
 
     def commit(self, tables: dict[str, pa.Table | list[dict]], commit_id: str | None = None) -> str:
