@@ -323,7 +323,7 @@ class Committer:
     def _committed(self) -> None:
         self.commits += 1
         if self.commits % COMPACT_EVERY == 0:
-            self.wh.compact(min_files=COMPACT_EVERY)
+            self.wh.compact(min_files=COMPACT_EVERY, tiered=True)
 
 
 def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Warehouse, terminal=sys.stderr,

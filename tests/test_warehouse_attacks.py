@@ -262,6 +262,30 @@ def test_a_full_disk_during_a_commit_rolls_it_back_with_one_paragraph(tmp_path, 
 
 
 # ---------------------------------------------------------------------------------------- readers
+def test_a_commit_after_a_crashed_commit_removes_what_that_one_placed(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.commit({"done": [_done("a", 1)], "detections": [_det("a", 1)]})
+    # a writer killed between placing its file and publishing: its journal names the file
+    rel = "detections/dataset=a/part-crashed.parquet"
+    shutil.copy(wh.files("detections")[0], tmp_path / rel)
+    wh._journal("crashed", [rel])
+    wh.commit({"done": [_done("a", 2)], "detections": [_det("a", 2)]})  # no explicit recover() first
+    assert not (tmp_path / rel).exists()
+    assert _n(wh, "SELECT count(*) AS n FROM detections") == 2
+
+
+def test_compaction_during_a_run_does_not_rewrite_the_big_file_each_time(tmp_path):
+    wh = Warehouse(tmp_path)
+    wh.commit({"done": [_done("a", i) for i in range(1, 20001)]})  # an earlier run's compacted ledger
+    big = wh.files("done")
+    for i in range(8):  # eight small commits since
+        wh.commit({"done": [_done("a", 30000 + i)]})
+    assert wh.compact(min_files=8, tiered=True) == 8  # the eight small ones merged, the big one kept
+    assert big[0] in wh.files("done") and len(wh.files("done")) == 2
+    assert _n(wh, "SELECT count(*) AS n FROM done") == 20008
+    assert wh.compact(min_files=2) == 2  # the end-of-run compaction merges every small file
+
+
 def test_a_reader_that_listed_files_before_compaction_keeps_reading(tmp_path):
     wh = Warehouse(tmp_path)
     for i in range(8):

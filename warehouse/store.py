@@ -67,7 +67,7 @@ def _fsync_dir(path: Path) -> None:
 def _write_json_durably(path: Path, data: dict) -> None:
     tmp = path.with_name(f"{path.stem}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        f.write(json.dumps(data, sort_keys=True, separators=(",", ":")))  # the C encoder: json.dump is slow
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -222,6 +222,29 @@ class Warehouse:
         with self._lock():
             return self._recover_locked()
 
+    def _crashed(self) -> bool:
+        """Whether a writer died mid-commit: every writer leaves its journal, its files under _staging
+        or a manifest temp file until it has published."""
+
+        def nonempty(folder: Path) -> bool:
+            return folder.is_dir() and any(folder.iterdir())
+
+        return (
+            nonempty(self.journal_dir)
+            or nonempty(self.root / "_staging")
+            or any(self.root.glob("_manifest.*.tmp"))
+        )
+
+    def _recover_if_crashed_locked(self) -> None:
+        """What every commit and compaction does first: the full recovery when a writer died mid-commit
+        (the scan of every table file grows with the warehouse, so it is not run on every commit), and
+        the purge of retired files past their grace. `recover()` (each `moai annotate` starts with it)
+        also puts away files nobody wrote."""
+        if self._crashed():
+            self._recover_locked()
+        else:
+            self._purge_retired_locked(self.manifest())
+
     def _recover_locked(self) -> list[Path]:
         manifest = self.manifest()  # refuses a lost or garbled manifest before anything is touched
         shutil.rmtree(self.root / "_staging", ignore_errors=True)
@@ -348,7 +371,7 @@ class Warehouse:
         (by key) are dropped. Returns the commit id."""
         commit_id = commit_id or uuid.uuid4().hex[:16]
         with self._lock():
-            self._recover_locked()
+            self._recover_if_crashed_locked()
             data = {
                 t: (
                     rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=TABLES[t])
@@ -391,7 +414,7 @@ class Warehouse:
         for rel in rels:
             by_table.setdefault(rel.split("/")[2], []).append(rel)  # _incoming/<tag>/<table>/...
         with self._lock():
-            self._recover_locked()
+            self._recover_if_crashed_locked()
             # the check reads only the key columns: the driver's cost does not grow with the records
             keys = {
                 t: pa.concat_tables(
@@ -507,12 +530,17 @@ class Warehouse:
             if writer is not None:
                 writer.close()
 
-    def compact(self, tables: Iterable[str] | None = None, min_files: int = COMPACT_WHEN_FILES) -> int:
+    def compact(
+        self, tables: Iterable[str] | None = None, min_files: int = COMPACT_WHEN_FILES, tiered: bool = False
+    ) -> int:
         """Merge partitions holding many small files into few large ones. Returns files retired (they
-        stay readable for `retire_grace_s`, then a later writer deletes them)."""
+        stay readable for `retire_grace_s`, then a later writer deletes them). `tiered` (compactions
+        during a run) merges only files of about one size (sizes within a factor of 8) once there are
+        `min_files` of them, so a growing partition's big file is not rewritten at every compaction:
+        each row is rewritten a few times over a run, not once per compaction."""
         retired = 0
         with self._lock():
-            self._recover_locked()
+            self._recover_if_crashed_locked()
             manifest = self.manifest()
             for table in tables or list(manifest["tables"]):
                 by_partition: dict[str, list[str]] = {}
@@ -521,6 +549,11 @@ class Warehouse:
                 for partition, rels in by_partition.items():
                     # files already near the target size stay: compacting often never rewrites big data
                     rels = [r for r in rels if _size(self.root / r) < TARGET_FILE_BYTES // 4]
+                    if tiered:
+                        tiers: dict[int, list[str]] = {}
+                        for r in rels:
+                            tiers.setdefault(max(0, _size(self.root / r) - 1).bit_length() // 3, []).append(r)
+                        rels = next((t for _, t in sorted(tiers.items()) if len(t) >= min_files), [])
                     if len(rels) < min_files:
                         continue
                     new_rels: list[str] = []
