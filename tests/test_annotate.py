@@ -119,7 +119,10 @@ def test_a_changed_config_recomputes_only_that_expert(tmp_path, sample_image):
     ]
 
 
-def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sample_image):
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sample_image, executor):
+    # with Ray, the workers write the rows under _incoming/ and the driver commits them: the kill can
+    # land between a worker's write and the driver's commit
     folder = tmp_path / "many"
     folder.mkdir()
     for i, stem in enumerate(["coffee", "chelsea", "rocket", "camera", "horse", "bus"]):
@@ -141,7 +144,7 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
         "--warehouse",
         str(wh_dir),
         "--executor",
-        "local",
+        executor,
         "--allow-random-weights",
         "--commit-every",
         "1",
@@ -159,7 +162,8 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
     partial = wh.query("SELECT count(*) AS n FROM images").to_pylist()[0]["n"]
     assert 1 <= partial < 6, "the kill should land mid-run"
 
-    assert subprocess.run(cmd, env=env, cwd=REPO, capture_output=True).returncode == 0
+    rerun = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     keys = wh.query("SELECT image_id, expert, config_hash, count(*) AS n FROM done GROUP BY ALL HAVING n > 1")
     assert keys.num_rows == 0
     assert wh.query("SELECT count(*) AS n FROM images").to_pylist()[0]["n"] == 6
@@ -168,7 +172,7 @@ def test_kill_9_mid_run_then_rerun_leaves_every_record_exactly_once(tmp_path, sa
     assert dup.num_rows == 0
     on_disk = {p for p in wh_dir.rglob("*.parquet")}
     named = {p for t in ANNOTATION_TABLES + ("done", "runs") for p in wh.files(t)}
-    assert on_disk == named  # the killed writer's leftovers were cleaned
+    assert on_disk == named  # the killed writer's leftovers (its workers' staged rows too) were cleaned
 
 
 def test_reverbalize_writes_a_new_aux_version_from_stored_rows_only(tmp_path, sample_image):
