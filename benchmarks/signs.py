@@ -127,6 +127,23 @@ CONFIG_SEARCH: list[dict] = [
         "val": {"has_text": [50.0, None]},
         "note": "train 50.2%: more latents alone do not start the comparison",
     },
+    # has_text-only dev-loop probes run after the headline was measured (session 5; seed 0, batch 32,
+    # first-answer-token accuracy on all 400 val has_text questions). None reached 65%; none was adopted.
+    *[
+        {"name": name, "changed": f"probe: has_text only, {changed}", "val": {"has_text": [val, None]}}
+        for name, changed, val in [
+            ("p3-aux-through-llm", "600 steps, model.aux_encoder=llm", 51.0),
+            ("p4-16-latents-positions", "600 steps, num_queries 16, aux_positions 48", 49.2),
+            ("p5-trainable-embeddings", "600 steps, freeze_embeddings false (train 59%: memorizes)", 49.5),
+            ("p6-lr2e-3", "800 steps, p4 + lr 2e-3, clip 1", 49.7),
+            ("p7-latent-per-position", "800 steps, num_queries 48, aux_positions 48, depth 1, lr 2e-3", 50.0),
+            ("p8-llm-256x3", "800 steps, tiny LLM width 256, 3 layers, mixer_rank 256, p6's settings", 50.0),
+            ("p9-null-latent", "600 steps, an extra all-zero latent (diagnostic code patch)", 50.5),
+            ("p10-aux-in-prompt", "600 steps, aux text in the prompt (diagnostic, no aux path)", 47.7),
+            ("p11-aux-in-prompt-lr", "800 steps, p10 + lr 2e-3, clip 1", 50.0),
+            ("p12-aux-in-prompt-2000", "2000 steps, p11 (val 50% at every 250-step check)", 48.0),
+        ]
+    ],
 ]
 
 
