@@ -6,8 +6,8 @@
 SYNTHETIC: the corpus is N hard links to one 8x8 PNG (distinct names in folders of 10,000), and the
 configuration is the cheap OCR-only profile `signs-ocr`. The experts do not run: the commit step
 feeds every planned row through the Ray job's real write path with the expert's identity and "nothing
-found" as its output: the worker's share (`row_tables`, as `moai annotate` calls it: expert rows,
-verbalizer, aux rows, then `Warehouse.stage` every `commit_every` images) timed apart, and the driver's
+found" as its output: the worker's share (`stage_on_worker`, the Ray job's own last step: expert rows,
+verbalizer, aux rows, then `Warehouse.stage`, every `commit_every` images) timed apart, and the driver's
 share (`Committer.publish`: the key check and the manifest update, a compaction of small files every
 64 commits; a last compaction at the end) as the commit rate. So the numbers are the driver's own
 costs, what stays when the experts scale out on a cluster:
@@ -118,9 +118,11 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
     """Every planned image through the Ray job's write-and-commit path, the expert's output being
     'nothing found': the rows made and staged as a worker does (`worker_s`, apart), then published by
     the driver's commits (`commit_s`, the rates)."""
+    import pyarrow as pa
+
     from corpora.decode import decode_image
     from corpora.resolve import resolve_corpus
-    from pipeline.annotate import Committer, row_tables
+    from pipeline.annotate import Committer, run_tag, stage_on_worker
     from pipeline.plan import make_plan
     from pipeline.profiles import load_job, load_profile, plan_hashes
     from pipeline.stages import ExpertStage
@@ -141,31 +143,28 @@ def step_commit(name: str, folder: str, wh_path: str) -> dict:
     plan = make_plan(corpus, profile, hashes, wh, aux_key, wh.root / "_plans" / "bench", "bench-scale")
     rows_written, worker_s, committed_s = 0, 0.0, 0.0
     committer = Committer(wh, job.commit_every)
-    batch: dict[str, list[dict]] = {}
-    images = 0
+    worker = {"root": str(wh.root.resolve()), "tag": run_tag(name, "bench"), "profile": profile,
+              "hashes": hashes, "run_id": "bench-scale", "vhash": vhash, "aux_key": aux_key}  # fmt: skip
+    batch: list[dict] = []
     for i, row in enumerate(plan.rows(), 1):
-        t = time.perf_counter()
         row.update(decode)
         for n in profile.experts:
             row[f"{n}_records"], row[f"{n}_identity"] = "[]", identity[n]
-        for table, rows in row_tables(row, profile, hashes, "bench-scale", vhash, aux_key).items():
-            batch.setdefault(table, []).extend(rows)
-            rows_written += len(rows)
-        images += 1
-        if images == job.commit_every or i == plan.count:  # what stage_on_worker does on a worker
-            staged = wh.stage(batch, f"{name}--bench")
-            batch, images = {}, 0
-            worker_s += time.perf_counter() - t
+        batch.append(row)
+        if len(batch) == job.commit_every or i == plan.count:
             t = time.perf_counter()
-            committer.publish(staged)  # the driver's share
-            committed_s += time.perf_counter() - t
-        else:
+            summary = stage_on_worker(pa.Table.from_pylist(batch), **worker).to_pylist()  # a worker's share
             worker_s += time.perf_counter() - t
+            rows_written += sum(sum(json.loads(r["row_counts"]).values()) for r in summary)
+            t = time.perf_counter()
+            committer.publish(json.loads(summary[0]["staged"]))  # the driver's share
+            committed_s += time.perf_counter() - t
+            batch = []
     files_before = sum(len(v) for v in wh.manifest()["tables"].values())
     t = time.perf_counter()
     wh.compact()
     plan.remove()
-    wh.remove_incoming(f"{name}--bench")
+    wh.remove_incoming(worker["tag"])
     return {
         "images": plan.count,
         "commits": committer.commits,

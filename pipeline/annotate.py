@@ -171,7 +171,7 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     hashes = plan_hashes(profile)
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
-    tag = f"{corpus.name}--{run_id}"  # this run's plan spool and the folder its workers write rows to
+    tag = run_tag(corpus.name, run_id)  # this run's plan spool and the folder its workers write rows to
     plans = wh.root / "_plans"
     # this dataset's run lock is held: what earlier runs of it left behind is stale
     for folder in (plans, wh.root / INCOMING):
@@ -192,9 +192,15 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
 RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
 
 
+def run_tag(dataset: str, run_id: str) -> str:
+    """The name of a run's plan spool (`_plans/`) and of its workers' rows (`_incoming/`)."""
+    return f"{dataset}--{run_id}"
+
+
 def _run_of(name: str, dataset: str) -> bool:
-    """Whether `name` is `<dataset>--<run id>` of exactly this dataset (dataset `a` is not `a--b`)."""
-    return name.startswith(f"{dataset}--") and bool(RUN_ID.fullmatch(name[len(dataset) + 2 :]))
+    """Whether `name` is a run_tag of exactly this dataset (dataset `a` is not `a--b`)."""
+    prefix = run_tag(dataset, "")
+    return name.startswith(prefix) and bool(RUN_ID.fullmatch(name[len(prefix) :]))
 
 
 def _run_plan(
@@ -220,7 +226,7 @@ def _run_plan(
         with quiet(log_path) as terminal:
             progress = Progress(plan.count, list(profile.experts), stream=terminal)
             committer = Committer(wh, job.commit_every)
-            finish = {"root": str(wh.root.resolve()), "tag": f"{corpus.name}--{run_id}", "profile": profile,
+            finish = {"root": str(wh.root.resolve()), "tag": run_tag(corpus.name, run_id), "profile": profile,
                       "hashes": hashes, "run_id": run_id, "vhash": vhash, "aux_key": aux_key}  # fmt: skip
             for row in _unwrap_worker_errors(_stream(plan, profile, job, executor, wh, terminal, finish)):
                 if "row_counts" in row:  # a worker wrote its image's rows (the Ray job): commit its files

@@ -390,16 +390,11 @@ class Warehouse:
         for table, rows in tables.items():
             if not rows:
                 continue
-            data = pa.Table.from_pylist(rows, schema=TABLES[table])
-            for dataset in sorted(set(data.column("dataset").to_pylist())):
+            for dataset, part in _by_dataset(pa.Table.from_pylist(rows, schema=TABLES[table])):
                 rel = f"{INCOMING}/{tag}/{table}/dataset={dataset}/part-{uuid.uuid4().hex[:16]}.parquet"
                 path = self.root / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(path.name + ".tmp")  # a torn file never has a name a commit reads
-                pq.write_table(data.filter(pc.equal(data.column("dataset"), dataset)), tmp,
-                               compression="zstd", row_group_size=ROW_GROUP_ROWS)  # fmt: skip
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
+                _write_durably(part, tmp)
                 os.replace(tmp, path)
                 out.append(rel)
         return out
@@ -447,10 +442,6 @@ class Warehouse:
     def remove_incoming(self, tag: str) -> None:
         shutil.rmtree(self.root / INCOMING / tag, ignore_errors=True)
 
-    def incoming_tags(self) -> list[str]:
-        folder = self.root / INCOMING
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
     def _place_and_publish(self, data: dict[str, pa.Table], commit_id: str, adopt: dict[str, str]) -> None:
         """Under the lock: write `data` (table -> rows, per dataset partition) and move the staged files
         of `adopt` (table -> a file of one dataset under _incoming) into place, then publish them all in
@@ -460,17 +451,10 @@ class Warehouse:
         journal = None
         try:
             for table, rows in data.items():
-                for dataset in sorted(set(rows.column("dataset").to_pylist())):
-                    # the file keeps its `dataset` column (a string) beside the folder name: readers
-                    # that ignore hive folders keep it, and no reader can type it as a number or date
-                    part = rows.filter(pc.equal(rows.column("dataset"), dataset))
+                for dataset, part in _by_dataset(rows):
                     rel = f"{table}/dataset={dataset}/part-{commit_id}.parquet"
-                    tmp = staging / rel
-                    tmp.parent.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(part, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-                    with open(tmp, "rb") as f:
-                        os.fsync(f.fileno())
-                    placed.append((tmp, rel))
+                    _write_durably(part, staging / rel)
+                    placed.append((staging / rel, rel))
             for table, source in adopt.items():
                 partition = source.split("/")[3]  # _incoming/<tag>/<table>/dataset=<name>/<file>
                 placed.append((self.root / source, f"{table}/{partition}/part-{commit_id}.parquet"))
@@ -548,11 +532,12 @@ class Warehouse:
                     by_partition.setdefault(str(Path(rel).parent), []).append(rel)
                 for partition, rels in by_partition.items():
                     # files already near the target size stay: compacting often never rewrites big data
-                    rels = [r for r in rels if _size(self.root / r) < TARGET_FILE_BYTES // 4]
+                    sizes = {r: _size(self.root / r) for r in rels}
+                    rels = [r for r in rels if sizes[r] < TARGET_FILE_BYTES // 4]
                     if tiered:
                         tiers: dict[int, list[str]] = {}
                         for r in rels:
-                            tiers.setdefault(max(0, _size(self.root / r) - 1).bit_length() // 3, []).append(r)
+                            tiers.setdefault(max(0, sizes[r] - 1).bit_length() // 3, []).append(r)
                         rels = next((t for _, t in sorted(tiers.items()) if len(t) >= min_files), [])
                     if len(rels) < min_files:
                         continue
@@ -584,6 +569,22 @@ _CHECKED = {
     "done": ["dataset", "image_id", "expert", "config_hash", "status"],
     **{table: list(key) for table, key in UNIQUE_KEYS.items()},
 }
+
+
+def _by_dataset(rows: pa.Table) -> Iterable[tuple[str, pa.Table]]:
+    """`rows` split by dataset: a file holds one dataset's rows. Each keeps its `dataset` column (a
+    string) beside the folder name: readers that ignore hive folders keep it, and no reader can type
+    it as a number or date."""
+    for dataset in sorted(set(rows.column("dataset").to_pylist())):
+        yield dataset, rows.filter(pc.equal(rows.column("dataset"), dataset))
+
+
+def _write_durably(rows: pa.Table, path: Path) -> None:
+    """A zstd Parquet file at `path`, on disk (fsynced) when this returns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(rows, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def _size(path: Path) -> int:
