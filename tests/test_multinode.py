@@ -19,7 +19,10 @@ import pytest
 from tests.conftest import REPO, SHARED_MODELS
 from warehouse.store import Warehouse
 
-N_IMAGES = 40
+# Enough that the experts are still running when the first commit lands: the workers' first write
+# task starts a fresh worker process (imports), so commits begin some seconds after the experts do;
+# with 40 images the experts had sometimes finished (their actors gone) before the first commit.
+N_IMAGES = 80
 # pipeline/executors.py: every expert's Ray actor is a MapWorker(MapBatches(<this>))
 STAGE_ACTOR = "_ArrowExpertStage"
 
