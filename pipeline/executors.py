@@ -144,11 +144,7 @@ def run_ray(
                 "decode": i == 0,
                 "drop_pixels": i == len(specs) - 1,
             },  # fmt: skip
-            # One block in flight per actor: an actor gets its next block when it finishes one, so the
-            # last blocks go to whichever actor is free (Ray Data's default queues two per actor, and at
-            # the end of a job one actor could still hold two blocks of the costliest expert while the
-            # other idled)
-            compute=ActorPoolStrategy(size=spec.actors, max_tasks_in_flight_per_actor=1),
+            compute=ActorPoolStrategy(size=spec.actors),
             batch_size=spec.batch_size,
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,

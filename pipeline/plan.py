@@ -36,7 +36,7 @@ from warehouse.schema import DECODE_KEY
 from warehouse.store import plain_errors
 
 BATCH_ROWS = 50_000  # plan rows per DuckDB batch and per spooled file
-GROUP_ROWS = (2, 64)  # rows per Parquet row group (the Ray job's unit of work): min, max
+GROUP_ROWS = (4, 64)  # rows per Parquet row group (the Ray job's unit of work): min, max
 
 # The columns the plan fills from the query; every other column of the stage row keeps the empty value
 # new_row (pipeline/stages.py, the one definition of the stage row) gives it.
