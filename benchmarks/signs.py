@@ -166,6 +166,15 @@ CONFIG_SEARCH: list[dict] = [
         "has_text-only steps; v1's schedule starts with `read`); gain, read and count worse: not adopted. "
         "A probe with 400 has_text-first steps kept has_text at 96.5% but read one-token words 0%",
     },
+    {
+        "name": "m2-match-read-and-has_text-first",
+        "changed": "m1 with the first 500 of 1000 steps on read and has_text (--stage1-types read,has_text "
+        "--stage1-steps 500), seed 0",
+        "val": {"gain": 32.0, "read": [19.9, 0.0], "has_text": [95.8, 50.0], "count": [79.2, 54.8]},
+        "note": "CI +28.7 to +35.5, shape control +0.0, train+eval 338 s for 2 arms: has_text learned with "
+        "every type, but reading fell to 19.9% (one-token words 25.9%): not adopted (and the branch's "
+        "no-compressor path still lacks an aux mask)",
+    },
 ]
 
 
