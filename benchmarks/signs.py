@@ -142,20 +142,31 @@ CONFIG_SEARCH: list[dict] = [
             ("p10-aux-in-prompt", "600 steps, aux text in the prompt (diagnostic, no aux path)", 47.7),
             ("p11-aux-in-prompt-lr", "800 steps, p10 + lr 2e-3, clip 1", 50.0),
             ("p12-aux-in-prompt-2000", "2000 steps, p11 (val 50% at every 250-step check)", 48.0),
-        ]
-    ],
-    # Session 6: a "match detector" at init (code on branch exp/has-text-match, not on main): the language
-    # aux expert's Q and K start as the same scaled orthogonal map (W_q^T W_k ~ c·I), a learned null
-    # "sink" latent, and the mixer reading every aux token (no compressor). 600 steps, has_text only.
-    *[
-        {"name": name, "changed": f"probe: has_text only, {changed}", "val": {"has_text": [val, None]}}
-        for name, changed, val in [
-            ("p13-aux-in-prompt-identity-qk", "aux text in the prompt, LLM self-attention Q=K=1.5·orthogonal", 50.2),
-            ("p14-no-compressor-sink-identity", "no compressor, learned sink, aux expert Q=K=1.5·orthogonal", 52.0),
+            # Session 6: a "match detector" at init (code on branch exp/has-text-match, not on main): the
+            # language aux expert's Q and K start as the same scaled orthogonal map (W_q^T W_k ~ c·I), a
+            # learned null "sink" latent, and the mixer reading every aux token (no compressor). 600 steps.
+            (
+                "p13-aux-in-prompt-identity-qk",
+                "aux text in the prompt, LLM self-attention Q=K=1.5·orthogonal",
+                50.2,
+            ),
+            (
+                "p14-no-compressor-sink-identity",
+                "no compressor, learned sink, aux expert Q=K=1.5·orthogonal",
+                52.0,
+            ),
             ("p15-p14-scale-2-sink-mid", "p14 with scale 2 and the sink starting at a middling score", 52.0),
-            ("p16-p15-tiny-qwen2", "p15 with the tiny Qwen2 LLM (attention biases): learned (train 96.5%)", 97.5),
+            (
+                "p16-p15-tiny-qwen2",
+                "p15 with the tiny Qwen2 LLM (attention biases): learned (train 96.5%)",
+                97.5,
+            ),
             ("p17-tiny-qwen2-alone", "the tiny Qwen2 LLM alone, everything else committed", 50.0),
-            ("p18-p16-with-compressor-48", "p16 keeping the compressor, 48 latents: word identity blurred", 50.0),
+            (
+                "p18-p16-with-compressor-48",
+                "p16 keeping the compressor, 48 latents: word identity blurred",
+                50.0,
+            ),
         ]
     ],
     {
