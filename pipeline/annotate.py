@@ -340,7 +340,7 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
 
     needed = [n for n in profile.experts if plan.todo.get(n)]
     if executor == "local":
-        specs = [StageSpec(n, profile.experts[n], job.batch_size) for n in needed]
+        specs = [StageSpec([(n, profile.experts[n])], job.batch_size) for n in needed]
         return run_local(plan.batches(job.batch_size), specs, job.batch_size)
     if executor != "ray":
         raise UserError(f"unknown executor {executor!r}; use 'ray' or 'local'")
@@ -348,18 +348,19 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
 
     print(f"[annotate] executor: {init_ray()}", file=terminal)
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    gpus = bool(ray.cluster_resources().get("GPU"))
-    pools = actor_pools(profile, needed, job, wh, cpus)
+    # a GPU share asked of a cluster without GPUs waits forever
+    shares = {n: job.gpus.get(n, 0.0) for n in needed} if ray.cluster_resources().get("GPU") else {}
     specs = []
-    for n in needed:
-        config = dict(profile.experts[n])
-        if EXPERTS[n].reads_threads(config) and "threads" not in config:
-            config["threads"] = 1  # one thread per actor; the cores go to more actors of the costly experts
-        share = (
-            job.gpus.get(n, 0.0) if gpus else 0.0
-        )  # a GPU share asked of a cluster without GPUs waits forever
+    for group, actors in actor_groups(expert_costs(profile, needed, wh), job, cpus, shares):
+        experts = []
+        for n in group:
+            config = dict(profile.experts[n])
+            if EXPERTS[n].reads_threads(config) and "threads" not in config:
+                config["threads"] = 1  # one thread per actor: the cores go to more actors
+            experts.append((n, config))
+        memory = sum(EXPERTS[n].memory_mb(c) for n, c in experts)
         specs.append(
-            StageSpec(n, config, job.batch_size, pools[n], 0.25, share, EXPERTS[n].memory_mb(config))
+            StageSpec(experts, job.batch_size, actors, 0.25, max(shares.get(n, 0.0) for n in group), memory)
         )
     print(
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
@@ -372,13 +373,9 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
     return run_ray(plan.files, specs, job.batch_size, writer)
 
 
-def actor_pools(
-    profile: Profile, needed: list[str], job: JobSpec, wh: Warehouse, cpus: int
-) -> dict[str, int]:
-    """Actors per expert: the job spec's number where it gives one; otherwise the cluster's CPUs shared
-    in proportion to each expert's model time per image (from this warehouse's runs of that config, or
-    its file's COST_MS), at least one each. With one thread per actor, the costly expert (SAM) gets
-    most cores and the cheap ones share what is left, so every core stays busy."""
+def expert_costs(profile: Profile, needed: list[str], wh: Warehouse) -> dict[str, float]:
+    """Model ms per image of each needed expert, one thread: from this warehouse's runs of the same
+    config, else its file's COST_MS."""
     from pipeline.estimate import expert_ms_from_history, run_history
 
     hashes = plan_hashes(profile)
@@ -389,8 +386,45 @@ def actor_pools(
         cost[n] = (
             found[0] if found and found[1].endswith("same config") else EXPERTS[n].cost_ms(profile.experts[n])
         )
+    return cost
+
+
+def actor_groups(
+    cost: dict[str, float], job: JobSpec, cpus: int, gpu_shares: dict[str, float] | None = None
+) -> list[tuple[list[str], int]]:
+    """The Ray job's actor pools: (experts, in dependency order; number of actors). Each expert's fair
+    share of the cluster's CPUs is in proportion to its model time per image. An expert whose share is
+    under half a CPU (and that has no actor count in the job spec and no GPU share) gets no pool of its
+    own: it runs in the actors of the expert before it (or, first in line, of the one after), so a
+    cheap expert costs no process, no model copy per idle actor and no hop between actors. A pool gets
+    the job spec's count, else its experts' summed share rounded, at least one. On 2 CPUs with the
+    starter profile this is one pool of 2 actors running detection, SAM, the scene graph and OCR each on
+    one thread (two pipelines, no core waiting on another); on 16, OCR has a pool of its own."""
+    gpu_shares = gpu_shares or {}
+    order = list(cost)
     total = sum(cost.values()) or 1.0
-    return {n: job.actors.get(n) or max(1, round(cpus * cost[n] / total)) for n in needed}
+    share = {n: cpus * cost[n] / total for n in order}
+
+    def alone(n: str) -> bool:
+        return share[n] >= 0.5 or n in job.actors or bool(gpu_shares.get(n))
+
+    groups: list[list[str]] = []
+    waiting: list[str] = []  # cheap experts before the first pool of their own
+    for n in order:
+        if alone(n):
+            groups.append([*waiting, n])
+            waiting = []
+        elif groups:
+            groups[-1].append(n)
+        else:
+            waiting.append(n)
+    if waiting:  # no expert needed a pool of its own: one pool for all
+        groups.append(waiting)
+    out = []
+    for group in groups:
+        named = [job.actors[n] for n in group if n in job.actors]
+        out.append((group, max(named) if named else max(1, round(sum(share[n] for n in group)))))
+    return out
 
 
 def _random_init(row: dict, profile: Profile) -> bool:

@@ -17,18 +17,24 @@ from pipeline.stages import ExpertStage, decode_rows
 
 @dataclass
 class StageSpec:
-    name: str
-    config: dict
+    """One actor pool of the Ray job: the experts its actors run, in order, on each batch (one expert
+    usually; cheap experts share the actors of a costly neighbour, see pipeline/annotate.py)."""
+
+    experts: list[tuple[str, dict]]  # (name, config) in dependency order
     batch_size: int = 4
     actors: int = 1
     num_cpus: float = 0.25
     num_gpus: float = 0.0
     memory_mb: int = 0  # what one actor needs (annotators/registry.py); Ray reserves it when scheduling
 
+    @property
+    def name(self) -> str:
+        return "+".join(name for name, _ in self.experts)
+
 
 def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size: int = 4) -> Iterator[dict]:
     """The naive baseline and the test executor: one process, stages one after another per batch."""
-    stages = [ExpertStage(s.name, s.config, s.batch_size) for s in specs]
+    stages = [ExpertStage(name, config, s.batch_size) for s in specs for name, config in s.experts]
     for rows in batches:
         for start in range(0, len(rows), batch_size):
             batch = decode_rows(rows[start : start + batch_size])
@@ -40,22 +46,29 @@ def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size:
 
 
 class _ArrowExpertStage:
-    """Ray actor wrapper: Arrow batch in, Arrow batch out, same schema. The first stage also decodes,
-    and the last drops the pixels, so that every step of the job runs in an actor (see run_ray)."""
+    """Ray actor wrapper: Arrow batch in, Arrow batch out, same schema; runs its experts one after
+    another. The first stage also decodes, and the last drops the pixels, so that every step of the job
+    runs in an actor (see run_ray)."""
 
     def __init__(
-        self, name: str, config: dict, batch_size: int, decode: bool = False, drop_pixels: bool = False
+        self,
+        experts: list[tuple[str, dict]],
+        batch_size: int,
+        decode: bool = False,
+        drop_pixels: bool = False,
     ):
-        self.stage = ExpertStage(name, config, batch_size)
+        self.stages = [ExpertStage(name, config, batch_size) for name, config in experts]
         self.decode, self.drop_pixels = decode, drop_pixels
 
     def __call__(self, table):
         import pyarrow as pa
 
         rows = table.to_pylist()
-        out = pa.Table.from_pylist(
-            self.stage(decode_rows(rows) if self.decode else rows), schema=table.schema
-        )
+        if self.decode:
+            rows = decode_rows(rows)
+        for stage in self.stages:
+            rows = stage(rows)
+        out = pa.Table.from_pylist(rows, schema=table.schema)
         return out.drop_columns(["pixels"]) if self.drop_pixels else out
 
 
@@ -138,8 +151,7 @@ def run_ray(
         ds = ds.map_batches(
             _ArrowExpertStage,
             fn_constructor_kwargs={
-                "name": spec.name,
-                "config": spec.config,
+                "experts": spec.experts,
                 "batch_size": spec.batch_size,
                 "decode": i == 0,
                 "drop_pixels": i == len(specs) - 1,

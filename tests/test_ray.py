@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from corpora.resolve import resolve_corpus
-from pipeline.annotate import run_annotation
+from pipeline.annotate import actor_groups, run_annotation
 from pipeline.profiles import JobSpec, load_profile
 from tests.conftest import REPO
 from warehouse.store import Warehouse
@@ -79,6 +79,29 @@ def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos):
     assert counts[0]["rows_detections"] > 0
     assert not any((tmp_path / "ray" / "_incoming").iterdir())
     assert [(e["file_name"], e["stage"]) for e in _records(local)["errors"]] == [("broken.jpg", "decode")]
+
+
+STARTER_COSTS = {"detection": 90.0, "segmentation": 4500.0, "sgg": 1.0, "ocr": 900.0}  # COST_MS
+
+
+def test_cheap_experts_share_the_actors_of_a_costly_one():
+    job = JobSpec(dataset="d", profile="p")
+    # 2 CPUs: every expert but SAM is under half a CPU's share, so each actor runs the whole pipeline
+    # (two one-thread pipelines side by side, nothing handed between processes)
+    assert actor_groups(STARTER_COSTS, job, 2) == [(["detection", "segmentation", "sgg", "ocr"], 2)]
+    # 16 CPUs: OCR's share (2.6 CPUs) earns it a pool; detection runs before SAM in SAM's actors
+    assert actor_groups(STARTER_COSTS, job, 16) == [(["detection", "segmentation", "sgg"], 13), (["ocr"], 3)]
+    # an actor count in the job spec, or a GPU share, keeps an expert in a pool of its own
+    ocr_pinned = JobSpec(dataset="d", profile="p", actors={"ocr": 1})
+    assert actor_groups(STARTER_COSTS, ocr_pinned, 2) == [
+        (["detection", "segmentation", "sgg"], 2),
+        (["ocr"], 1),
+    ]
+    gpu = actor_groups(STARTER_COSTS, job, 2, {"detection": 0.5})
+    assert gpu == [(["detection"], 1), (["segmentation", "sgg", "ocr"], 2)]
+    # only cheap experts left to run: one pool with all of them
+    assert actor_groups({"detection": 90.0, "sgg": 1.0}, job, 2) == [(["detection", "sgg"], 2)]
+    assert actor_groups({"sgg": 1.0}, job, 2) == [(["sgg"], 2)]
 
 
 def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
