@@ -349,9 +349,10 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
     print(f"[annotate] executor: {init_ray()}", file=terminal)
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     # a GPU share asked of a cluster without GPUs waits forever
-    shares = {n: job.gpus.get(n, 0.0) for n in needed} if ray.cluster_resources().get("GPU") else {}
+    gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    shares = {n: job.gpus.get(n, 0.0) for n in needed} if gpus else {}
     specs = []
-    for group, actors in actor_groups(expert_costs(profile, needed, wh), job, cpus, shares):
+    for group, actors in actor_groups(expert_costs(profile, needed, wh), job, cpus, shares, gpus):
         experts = []
         for n in group:
             config = dict(profile.experts[n])
@@ -390,14 +391,19 @@ def expert_costs(profile: Profile, needed: list[str], wh: Warehouse) -> dict[str
 
 
 def actor_groups(
-    cost: dict[str, float], job: JobSpec, cpus: int, gpu_shares: dict[str, float] | None = None
+    cost: dict[str, float],
+    job: JobSpec,
+    cpus: int,
+    gpu_shares: dict[str, float] | None = None,
+    gpus: float = 0.0,
 ) -> list[tuple[list[str], int]]:
     """The Ray job's actor pools: (experts, in dependency order; number of actors). Each expert's fair
     share of the cluster's CPUs is in proportion to its model time per image. An expert whose share is
     under half a CPU (and that has no actor count in the job spec and no GPU share) gets no pool of its
     own: it runs in the actors of the expert before it (or, first in line, of the one after), so a
     cheap expert costs no process, no model copy per idle actor and no hop between actors. A pool gets
-    the job spec's count, else its experts' summed share rounded, at least one. On 2 CPUs with the
+    the job spec's count, else its experts' summed share rounded, at least one, and no more than the
+    cluster's `gpus` hold at its GPU share (more would wait for a GPU, unscheduled). On 2 CPUs with the
     starter profile this is one pool of 2 actors running detection, SAM, the scene graph and OCR each on
     one thread (two pipelines, no core waiting on another); on 16, OCR has a pool of its own."""
     gpu_shares = gpu_shares or {}
@@ -423,7 +429,11 @@ def actor_groups(
     out = []
     for group in groups:
         named = [job.actors[n] for n in group if n in job.actors]
-        out.append((group, max(named) if named else max(1, round(sum(share[n] for n in group)))))
+        actors = max(named) if named else max(1, round(sum(share[n] for n in group)))
+        gpu_share = max(gpu_shares.get(n, 0.0) for n in group)
+        if gpu_share and not named:
+            actors = min(actors, max(1, int(gpus / gpu_share + 1e-9)))
+        out.append((group, actors))
     return out
 
 

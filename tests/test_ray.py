@@ -97,8 +97,16 @@ def test_cheap_experts_share_the_actors_of_a_costly_one():
         (["detection", "segmentation", "sgg"], 2),
         (["ocr"], 1),
     ]
-    gpu = actor_groups(STARTER_COSTS, job, 2, {"detection": 0.5})
+    gpu = actor_groups(STARTER_COSTS, job, 2, {"detection": 0.5}, gpus=1.0)
     assert gpu == [(["detection"], 1), (["segmentation", "sgg", "ocr"], 2)]
+    # a 16-CPU box with one GPU (jobs/default.yaml's shares): SAM's pool is as many actors as the GPU
+    # holds at half a GPU each, not 13 of which 11 would wait for a GPU for ever
+    shares = {"detection": 0.25, "segmentation": 0.5, "sgg": 0.0, "ocr": 0.25}
+    assert actor_groups(STARTER_COSTS, job, 16, shares, gpus=1.0) == [
+        (["detection"], 1),
+        (["segmentation", "sgg"], 2),
+        (["ocr"], 3),
+    ]
     # only cheap experts left to run: one pool with all of them
     assert actor_groups({"detection": 90.0, "sgg": 1.0}, job, 2) == [(["detection", "sgg"], 2)]
     assert actor_groups({"sgg": 1.0}, job, 2) == [(["sgg"], 2)]
