@@ -6,7 +6,7 @@ measured by a short probe: the expert loaded here and run on a few of the planne
 one is a warm-up and not counted). Wall time = start-up + images × time per image, where time per
 image is the history's own wall time per image when a run of the same configs and executor exists,
 and otherwise the experts' model times combined as the executor runs them (one after another in one
-process; overlapped across cores by Ray, where the slowest expert bounds the rate). Disk = the
+process; with Ray, whose actor pools follow cost, their sum spread over every core). Disk = the
 warehouse's bytes per annotated image (or the probe's rows, compressed as the warehouse stores them).
 """
 
@@ -220,8 +220,8 @@ def estimate(plan, profile, hashes, wh, executor: str, batch_size: int, probe: b
     elif all(c.ms_per_image is not None for c in est.experts.values() if c.todo):
         share = {n: c.ms_per_image * c.todo / plan.count / 1000 for n, c in est.experts.items() if c.todo}
         cores = os.cpu_count() or 1
-        if executor == "ray":
-            est.per_image_s = max(max(share.values()), sum(share.values()) / cores)
+        if executor == "ray":  # pools follow cost and cheap experts share actors: every core busy
+            est.per_image_s = sum(share.values()) / cores
             est.per_image_source = f"experts overlapped on {cores} cores"
         else:
             est.per_image_s = sum(share.values())
