@@ -186,6 +186,42 @@ CONFIG_SEARCH: list[dict] = [
         "every type, but reading fell to 19.9% (one-token words 25.9%): not adopted (and the branch's "
         "no-compressor path still lacks an aux mask)",
     },
+    {
+        "name": "h-a-m2-aux-mask",
+        "changed": "m2 with an aux key mask for the raw aux tokens (padding takes no attention), seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 31.1, "read": [15.5, 0.0], "has_text": [91.5, 50.0], "count": [83.5, 54.8]},
+        "note": "shape -1.0; the mask barely changes m2",
+    },
+    {
+        "name": "h-b-hybrid-m2-schedule",
+        "changed": "aux_compressor both (latents + raw tokens), m2's schedule, seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 11.2, "read": [3.9, 0.0], "has_text": [52.2, 50.0], "count": [86.0, 62.0]},
+        "note": "shape -3.0",
+    },
+    {
+        "name": "h-c-hybrid-read-350",
+        "changed": "aux_compressor both, v1's schedule (read 350, then every type), seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 16.5, "read": [38.4, 0.0], "has_text": [54.0, 49.2], "count": [80.5, 63.5]},
+        "note": "shape +8.0 (misses <= 5)",
+    },
+    {
+        "name": "h-d-hybrid-language-3-stages",
+        "changed": "both, raw tokens on the language side only; read 350, read+has_text 300, then all, seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 18.4, "read": [35.9, 0.0], "has_text": [51.2, 49.5], "count": [77.5, 51.5]},
+        "note": "shape -7.0 (misses <= 5)",
+    },
+    {
+        "name": "h-e-match-read-then-has_text",
+        "changed": "match options (m2 + mask); read 300, read+has_text 400, then all, seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 27.4, "read": [70.4, 0.0], "has_text": [50.5, 49.8], "count": [83.5, 51.5]},
+        "note": "one-token reading 91.8%; has_text not learned after reading",
+    },
+    {
+        "name": "h-f-match-has_text-then-read",
+        "changed": "match options (m2 + mask); has_text 400, read 300, then all, seed 0 (branch exp/has-text-match)",
+        "val": {"gain": 31.5, "read": [0.0, 0.0], "has_text": [93.8, 50.0], "count": [87.8, 52.2]},
+        "note": "reading 0% after has_text first; shape -2.0",
+    },
 ]
 
 
