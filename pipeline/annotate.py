@@ -352,7 +352,7 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
     gpus = float(ray.cluster_resources().get("GPU", 0.0))
     shares = {n: job.gpus.get(n, 0.0) for n in needed} if gpus else {}
     specs = []
-    for group, actors in actor_groups(expert_costs(profile, needed, wh), job, cpus, shares, gpus):
+    for group, actors, gpu_share in actor_groups(expert_costs(profile, needed, wh), job, cpus, shares, gpus):
         experts = []
         for n in group:
             config = dict(profile.experts[n])
@@ -360,9 +360,7 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
                 config["threads"] = 1  # one thread per actor: the cores go to more actors
             experts.append((n, config))
         memory = sum(EXPERTS[n].memory_mb(c) for n, c in experts)
-        specs.append(
-            StageSpec(experts, job.batch_size, actors, 0.25, max(shares.get(n, 0.0) for n in group), memory)
-        )
+        specs.append(StageSpec(experts, job.batch_size, actors, 0.25, gpu_share, memory))
     print(
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
         file=terminal,
@@ -396,8 +394,9 @@ def actor_groups(
     cpus: int,
     gpu_shares: dict[str, float] | None = None,
     gpus: float = 0.0,
-) -> list[tuple[list[str], int]]:
-    """The Ray job's actor pools: (experts, in dependency order; number of actors). Each expert's fair
+) -> list[tuple[list[str], int, float]]:
+    """The Ray job's actor pools: (experts, in dependency order; number of actors; GPU share per actor,
+    the largest of its experts'). Each expert's fair
     share of the cluster's CPUs is in proportion to its model time per image. An expert whose share is
     under half a CPU (and that has no actor count in the job spec and no GPU share) gets no pool of its
     own: it runs in the actors of the expert before it (or, first in line, of the one after), so a
@@ -433,7 +432,7 @@ def actor_groups(
         gpu_share = max(gpu_shares.get(n, 0.0) for n in group)
         if gpu_share and not named:
             actors = min(actors, max(1, int(gpus / gpu_share + 1e-9)))
-        out.append((group, actors))
+        out.append((group, actors, gpu_share))
     return out
 
 

@@ -88,28 +88,35 @@ def test_cheap_experts_share_the_actors_of_a_costly_one():
     job = JobSpec(dataset="d", profile="p")
     # 2 CPUs: every expert but SAM is under half a CPU's share, so each actor runs the whole pipeline
     # (two one-thread pipelines side by side, nothing handed between processes)
-    assert actor_groups(STARTER_COSTS, job, 2) == [(["detection", "segmentation", "sgg", "ocr"], 2)]
+    assert actor_groups(STARTER_COSTS, job, 2) == [(["detection", "segmentation", "sgg", "ocr"], 2, 0.0)]
     # 16 CPUs: OCR's share (2.6 CPUs) earns it a pool; detection runs before SAM in SAM's actors
-    assert actor_groups(STARTER_COSTS, job, 16) == [(["detection", "segmentation", "sgg"], 13), (["ocr"], 3)]
+    assert actor_groups(STARTER_COSTS, job, 16) == [
+        (["detection", "segmentation", "sgg"], 13, 0.0),
+        (["ocr"], 3, 0.0),
+    ]
     # an actor count in the job spec, or a GPU share, keeps an expert in a pool of its own
     ocr_pinned = JobSpec(dataset="d", profile="p", actors={"ocr": 1})
     assert actor_groups(STARTER_COSTS, ocr_pinned, 2) == [
-        (["detection", "segmentation", "sgg"], 2),
-        (["ocr"], 1),
+        (["detection", "segmentation", "sgg"], 2, 0.0),
+        (["ocr"], 1, 0.0),
     ]
     gpu = actor_groups(STARTER_COSTS, job, 2, {"detection": 0.5}, gpus=1.0)
-    assert gpu == [(["detection"], 1), (["segmentation", "sgg", "ocr"], 2)]
+    assert gpu == [(["detection"], 1, 0.5), (["segmentation", "sgg", "ocr"], 2, 0.0)]
     # a 16-CPU box with one GPU (jobs/default.yaml's shares): SAM's pool is as many actors as the GPU
-    # holds at half a GPU each, not 13 of which 11 would wait for a GPU for ever
+    # holds at half a GPU each, not 13 of which 11 would wait for a GPU for ever; a pool's GPU share is
+    # the largest of its experts'
     shares = {"detection": 0.25, "segmentation": 0.5, "sgg": 0.0, "ocr": 0.25}
     assert actor_groups(STARTER_COSTS, job, 16, shares, gpus=1.0) == [
-        (["detection"], 1),
-        (["segmentation", "sgg"], 2),
-        (["ocr"], 3),
+        (["detection"], 1, 0.25),
+        (["segmentation", "sgg"], 2, 0.5),
+        (["ocr"], 3, 0.25),
     ]
-    # only cheap experts left to run: one pool with all of them
-    assert actor_groups({"detection": 90.0, "sgg": 1.0}, job, 2) == [(["detection", "sgg"], 2)]
-    assert actor_groups({"sgg": 1.0}, job, 2) == [(["sgg"], 2)]
+    # a cheap expert after a costly one runs in its actors (detection alone is 1.98 CPUs here)
+    assert actor_groups({"detection": 90.0, "sgg": 1.0}, job, 2) == [(["detection", "sgg"], 2, 0.0)]
+    assert actor_groups({"sgg": 1.0}, job, 2) == [(["sgg"], 2, 0.0)]
+    # no expert worth half a CPU (four equal ones on one CPU): one pool runs them all, on one actor
+    equal = {"detection": 1.0, "segmentation": 1.0, "sgg": 1.0, "ocr": 1.0}
+    assert actor_groups(equal, job, 1) == [(["detection", "segmentation", "sgg", "ocr"], 1, 0.0)]
 
 
 def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
