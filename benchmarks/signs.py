@@ -467,6 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=None, help="default outputs/signs (outputs/signs-val with --split val)"
     )
+    parser.add_argument(
+        "--warehouse",
+        default="outputs/signs-warehouse",
+        help="where the corpus's annotations live, one folder per corpus config, shared by every --out",
+    )
     parser.add_argument("--split", default="test", choices=("test", "val"), help="val: for choosing configs")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated")
     parser.add_argument("--parallel", type=int, default=2, help="arms trained at once (one core each)")
@@ -507,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     corpus = resolve_corpus(DATASET)  # generated on first use, deterministic from its seed
     times["generate_s"] = time.perf_counter() - t
-    warehouse = out.parent / "signs-warehouse" / corpus_key(corpus)
+    warehouse = Path(args.warehouse) / corpus_key(
+        corpus
+    )  # not beside --out: a new --out re-annotates nothing
 
     t = time.perf_counter()
     annotate = [
