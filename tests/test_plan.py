@@ -105,6 +105,25 @@ def test_limit_counts_listed_images_in_listing_order(setup):
     assert plan.head(2) == list(plan.rows())[:2]
 
 
+def test_plan_files_end_on_one_image_blocks(setup, monkeypatch):
+    """Each row group is one block of the Ray job: a file's last TAIL_ROWS rows come one per group, so
+    the job's last blocks are single images and no actor idles through another's long last block."""
+    import pyarrow.parquet as pq
+
+    corpus, profile, hashes, aux_key, wh, tmp = setup
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, tmp / "spool", "r")
+    sizes = [pq.ParquetFile(plan.files[0]).metadata.row_group(g).num_rows for g in range(5)]
+    assert len(plan.files) == 1 and sizes == [4, 1, 1, 1, 1]
+    assert pq.ParquetFile(plan.files[0]).metadata.num_row_groups == 1 + plan_mod.TAIL_ROWS
+    # several files (one per planning batch): each ends so, and no row is lost, doubled or reordered
+    monkeypatch.setattr(plan_mod, "BATCH_ROWS", 10)
+    split = make_plan(corpus, profile, hashes, wh, aux_key, tmp / "spool2", "r")
+    groups = [[pq.ParquetFile(f).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(f).num_row_groups)]
+              for f in split.files]  # fmt: skip
+    assert groups == [[2, 1, 1, 1, 1, 1, 1, 1, 1], [1, 1]]
+    assert [r["image_id"] for r in split.rows()] == [r["image_id"] for r in plan.rows()] == list(range(1, 13))
+
+
 def test_registration_and_planning_that_run_out_of_memory_are_run_again_with_more(tmp_path, monkeypatch):
     import os
 
