@@ -167,5 +167,6 @@ def run_ray(
         function, kwargs, rows = writer
         ds = ds.map_batches(function, fn_kwargs=kwargs, batch_size=rows, batch_format="pyarrow", num_cpus=0.05,
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    # no prefetch thread: the rows coming back are small, and each waiting consumer polls Ray Data
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
         yield from batch.to_pylist()
