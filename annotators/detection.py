@@ -69,7 +69,7 @@ import numpy as np
 import pyarrow as pa
 
 from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput
-from annotators.device import Device, pick_device
+from annotators.device import Device, onnx_device, pick_device
 from annotators.masks import nms
 from annotators.weights import named_weights, resolve_weights, sha256_file, weights_dir
 from core.errors import UserError, WeightsError
@@ -740,7 +740,7 @@ class OnnxDetector(_Detector):
     def load(self) -> None:
         import onnxruntime as ort
 
-        self.device = pick_device(self.config.get("device"))
+        self.device = onnx_device(self.config.get("device"))
         self._weights_path = self._weights_path or self.resolve_weight_file()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise here

@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 
 from annotators.base import Expert, ImageInput, TextLine, field_of
-from annotators.device import Device, pick_device
+from annotators.device import Device, onnx_device, pick_device
 from annotators.weights import sha256_file
 from core.errors import UserError, WeightsError
 
@@ -170,17 +170,6 @@ def to_lines(raw: Sequence[tuple[str, float, Any]], width: int, height: int, flo
 
 
 # ----------------------------------------------------------------------------- shared by all backends
-
-
-def onnx_device(requested: str | None) -> Device:
-    """CUDA only when onnxruntime can use it; "auto" needs no torch import when it cannot."""
-    import onnxruntime as ort
-
-    if (
-        requested or "auto"
-    ).lower() == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
-        return Device("cpu", False)
-    return pick_device(requested)
 
 
 def intra_op_threads(configured: int) -> int:

