@@ -1,4 +1,4 @@
-"""The annotation job (Ray Data, one actor pool per expert) vs a naive sequential loop.
+"""The annotation job (Ray Data, actor pools that follow cost) vs a naive sequential loop.
 
     python -m benchmarks.pipeline [--images 26] [--profile starter]  → outputs/bench/pipeline.json
 
@@ -9,7 +9,10 @@ time". Reported: job_s / naive_s (goal ≤ 0.9 on 2 cores at 100 images), the jo
 model loading, until its first image is finished) apart from its steady state (images/s after it),
 how busy the cores were (CPU time used by every process / (cores × wall), from /proc/stat, so run it
 on a quiet machine: the load average before each part is in the report), and the job's wall time
-over the pure model time. Start-up is inside the job's wall time, as a user experiences it.
+over the pure model time. Start-up is inside the job's wall time, as a user experiences it. Where the
+job's core-seconds went (`job_core_seconds`): the expert actors, the driver, Ray's other processes
+(daemons, Ray Data's own actors, the plan-read and row-write workers), processes gone before the count,
+and idle cores.
 """
 
 from __future__ import annotations
@@ -43,6 +46,24 @@ def naive_loop(corpus, profile) -> tuple[float, dict[str, float]]:
             stage([row])
             model_seconds[stage.name] += row[f"{stage.name}_seconds"]
     return time.perf_counter() - start, model_seconds
+
+
+def _ray_process_cpu() -> dict[str, float]:
+    """CPU seconds of the live Ray processes on this machine (the job's: the benchmark wants a quiet
+    machine), by kind: the expert actors, and every other one (Ray's daemons and agents, Ray Data's own
+    actors, the workers that read the plan and write the rows)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out = {"expert_actors": 0.0, "other_ray_processes": 0.0}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(pid) != os.getpid() and ("ray::" in cmd or "/ray/" in cmd):
+            kind = "expert_actors" if "ExpertStage" in cmd else "other_ray_processes"
+            out[kind] += (int(fields[11]) + int(fields[12])) / hz  # utime + stime
+    return out
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -89,10 +110,16 @@ def run(images: int = 26, profile_name: str = "starter", out_dir: Path = Path("o
         )
         wh = Warehouse(work / "wh")
         with Busy() as job_busy:
-            start = time.perf_counter()
+            start, driver = time.perf_counter(), os.times()
             run_annotation(corpus, profile, job, wh, executor="ray")
             job_s = time.perf_counter() - start
+            driver_s = sum(os.times()[:2]) - sum(driver[:2])
+            where = _ray_process_cpu()
         ray.shutdown()
+        cores = os.cpu_count() or 1
+        busy_s = job_busy.fraction * cores * job_s
+        where.update(driver=driver_s, exited_or_other=busy_s - sum(where.values()) - driver_s)
+        where["idle"] = cores * job_s - busy_s
         counts = json.loads(wh.query("SELECT counts_json FROM runs").column(0)[0].as_py())
         startup = float(counts.get("startup_s", 0.0))
         report = {
@@ -108,6 +135,9 @@ def run(images: int = 26, profile_name: str = "starter", out_dir: Path = Path("o
             "job_steady_images_per_s": round((n - 1) / max(job_s - startup, 1e-9), 3),
             "naive_images_per_s": round(n / naive_s, 3),
             "cores_busy": {"naive": round(naive_busy.fraction, 3), "job": round(job_busy.fraction, 3)},
+            # where the job's core-seconds (cores x wall) went: the expert actors, the driver, Ray's other
+            # processes, processes that ended before the count (e.g. idle workers Ray starts and stops), idle
+            "job_core_seconds": {k: round(v, 1) for k, v in where.items()},
             "load_average_before": {"naive": naive_busy.load, "job": job_busy.load},
             "pure_model_seconds": round(pure, 2),
             "model_seconds_by_expert": {k: round(v, 2) for k, v in model_seconds.items()},
