@@ -396,11 +396,11 @@ def actor_groups(
     gpus: float = 0.0,
 ) -> list[tuple[list[str], int, float]]:
     """The Ray job's actor pools: (experts, in dependency order; number of actors; GPU share per actor,
-    the largest of its experts'). Each expert's fair
-    share of the cluster's CPUs is in proportion to its model time per image. An expert whose share is
-    under half a CPU (and that has no actor count in the job spec and no GPU share) gets no pool of its
-    own: it runs in the actors of the expert before it (or, first in line, of the one after), so a
-    cheap expert costs no process, no model copy per idle actor and no hop between actors. A pool gets
+    the largest of its experts'). Each expert's fair share of the cluster's CPUs is in proportion to its
+    model time per image. An expert whose share is under half a CPU (and that has no actor count in the
+    job spec and no GPU share) gets no pool of its own: it runs in the actors of the expert before it
+    (or, first in line, of the one after), so a cheap expert costs no process, no model copy per idle
+    actor and no hop between actors. A pool gets
     the job spec's count, else its experts' summed share rounded, at least one, and no more than the
     cluster's `gpus` hold at its GPU share (more would wait for a GPU, unscheduled). On 2 CPUs with the
     starter profile this is one pool of 2 actors running detection, SAM, the scene graph and OCR each on
