@@ -46,9 +46,9 @@ def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size:
 
 
 class _ArrowExpertStage:
-    """Ray actor wrapper: Arrow batch in, Arrow batch out, same schema; runs its experts one after
-    another. The first stage also decodes, and the last drops the pixels, so that every step of the job
-    runs in an actor (see run_ray)."""
+    """Ray actor wrapper: Arrow batch in, Arrow batches out; runs its experts one after another on each
+    `batch_size` rows. The first stage reads the plan's row groups it is handed and decodes, and the
+    last drops the pixels, so that every step of the job runs in an actor (see run_ray)."""
 
     def __init__(
         self,
@@ -58,18 +58,22 @@ class _ArrowExpertStage:
         drop_pixels: bool = False,
     ):
         self.stages = [ExpertStage(name, config, batch_size) for name, config in experts]
-        self.decode, self.drop_pixels = decode, drop_pixels
+        self.batch_size, self.decode, self.drop_pixels = batch_size, decode, drop_pixels
 
     def __call__(self, table):
         import pyarrow as pa
 
-        rows = table.to_pylist()
-        if self.decode:
-            rows = decode_rows(rows)
-        for stage in self.stages:
-            rows = stage(rows)
-        out = pa.Table.from_pylist(rows, schema=table.schema)
-        return out.drop_columns(["pixels"]) if self.drop_pixels else out
+        if self.decode:  # (file, row group) pairs: this actor reads the plan rows itself
+            table = _read_plan_groups(table)
+        for start in range(0, table.num_rows, self.batch_size):  # a row group's pixels, a batch at a time
+            chunk = table.slice(start, self.batch_size)
+            rows = chunk.to_pylist()
+            if self.decode:
+                rows = decode_rows(rows)
+            for stage in self.stages:
+                rows = stage(rows)
+            out = pa.Table.from_pylist(rows, schema=chunk.schema)
+            yield out.drop_columns(["pixels"]) if self.drop_pixels else out
 
 
 def _decode_arrow(table):
@@ -132,19 +136,14 @@ def run_ray(
         {"file": str(f), "group": g} for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)
     ]
     ds = ray.data.from_items(descriptors, override_num_blocks=max(1, min(1024, len(descriptors))))
-    # At most two read tasks at a time: a 0.05-CPU task lets Ray start dozens of worker processes.
-    ds = ds.map_batches(
-        _read_plan_groups,
-        batch_format="pyarrow",
-        batch_size=1,
-        num_cpus=0.05,
-        compute=TaskPoolStrategy(size=2),
-    )
     # Decoding and dropping the pixels happen inside the first and last expert actors, not as CPU tasks
     # of their own: when a node dies, Ray restarts its actors on the nodes left, and those can be too
     # full of actors to ever run a 0.5-CPU decode (the re-run of a lost block) or a 1-CPU column drop,
     # so the job would hang (tests/test_multinode.py). Actors that fit keep the whole job running.
     if not specs:  # nothing but decoding to do (only the aux text is missing)
+        # At most two read tasks at a time: a 0.05-CPU task lets Ray start dozens of worker processes.
+        ds = ds.map_batches(_read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05,
+                            compute=TaskPoolStrategy(size=2))  # fmt: skip
         ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
         ds = ds.drop_columns(["pixels"])
     for i, spec in enumerate(specs):
@@ -157,7 +156,7 @@ def run_ray(
                 "drop_pixels": i == len(specs) - 1,
             },  # fmt: skip
             compute=ActorPoolStrategy(size=spec.actors),
-            batch_size=spec.batch_size,
+            batch_size=1 if i == 0 else spec.batch_size,  # the first gets one row group at a time
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
