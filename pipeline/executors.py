@@ -120,7 +120,7 @@ def run_ray(
 ) -> Iterator[dict]:
     """The plan's files through the expert stages on the cluster. With `writer` = (function, keyword
     arguments, rows), a last step calls the function on batches of that many finished rows (a task
-    of a sliver of a CPU, like the plan reads) and what it returns is yielded instead."""
+    of a sliver of a CPU) and what it returns is yielded instead."""
     import pyarrow.parquet as pq
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -128,10 +128,10 @@ def run_ray(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.verbose_stats_logs = False
-    # The driver sends only (file, row group) pairs; the workers read the plan's rows from the files
-    # (the warehouse is on storage the cluster shares). One block per row group: small plans still
-    # spread over every actor, big ones stream. Reading takes a sliver of a CPU, never a whole one
-    # that the expert actors hold (a task asking for a full CPU would wait for ever on a full node).
+    # The driver sends only (file, row group) pairs; the first expert actors read the plan's rows from
+    # the files (the warehouse is on storage the cluster shares), so no read task or operator of its own
+    # costs the driver's scheduler or a worker process. One block per row group: small plans still
+    # spread over every actor, big ones stream.
     descriptors = [
         {"file": str(f), "group": g} for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)
     ]
@@ -141,7 +141,9 @@ def run_ray(
     # full of actors to ever run a 0.5-CPU decode (the re-run of a lost block) or a 1-CPU column drop,
     # so the job would hang (tests/test_multinode.py). Actors that fit keep the whole job running.
     if not specs:  # nothing but decoding to do (only the aux text is missing)
-        # At most two read tasks at a time: a 0.05-CPU task lets Ray start dozens of worker processes.
+        # Reading takes a sliver of a CPU, never a whole one (a task asking for a full CPU would wait for
+        # ever on a node full of actors); at most two at a time: a 0.05-CPU task lets Ray start dozens
+        # of worker processes.
         ds = ds.map_batches(_read_plan_groups, batch_format="pyarrow", batch_size=1, num_cpus=0.05,
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
         ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
