@@ -48,7 +48,9 @@ def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size:
 class _ArrowExpertStage:
     """Ray actor wrapper: Arrow batch in, Arrow batches out; runs its experts one after another on each
     `batch_size` rows. The first stage reads the plan's row groups it is handed and decodes, and the
-    last drops the pixels, so that every step of the job runs in an actor (see run_ray)."""
+    last drops the pixels and, given `write` = (function, keyword arguments), hands the finished rows
+    of each call to the function (which writes them) and returns what it returns: every step of the job
+    runs in an actor (see run_ray)."""
 
     def __init__(
         self,
@@ -56,15 +58,17 @@ class _ArrowExpertStage:
         batch_size: int,
         decode: bool = False,
         drop_pixels: bool = False,
+        write: tuple | None = None,
     ):
         self.stages = [ExpertStage(name, config, batch_size) for name, config in experts]
-        self.batch_size, self.decode, self.drop_pixels = batch_size, decode, drop_pixels
+        self.batch_size, self.decode, self.drop_pixels, self.write = batch_size, decode, drop_pixels, write
 
     def __call__(self, table):
         import pyarrow as pa
 
         if self.decode:  # (file, row group) pairs: this actor reads the plan rows itself
             table = _read_plan_groups(table)
+        done = []
         for start in range(0, table.num_rows, self.batch_size):  # a row group's pixels, a batch at a time
             chunk = table.slice(start, self.batch_size)
             rows = chunk.to_pylist()
@@ -73,7 +77,14 @@ class _ArrowExpertStage:
             for stage in self.stages:
                 rows = stage(rows)
             out = pa.Table.from_pylist(rows, schema=chunk.schema)
-            yield out.drop_columns(["pixels"]) if self.drop_pixels else out
+            out = out.drop_columns(["pixels"]) if self.drop_pixels else out
+            if self.write:
+                done.append(out)
+            else:
+                yield out
+        if self.write and done:
+            function, kwargs = self.write
+            yield function(pa.concat_tables(done), **kwargs)
 
 
 def _decode_arrow(table):
@@ -149,22 +160,26 @@ def run_ray(
         ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
         ds = ds.drop_columns(["pixels"])
     for i, spec in enumerate(specs):
+        last = i == len(specs) - 1
+        write = writer[:2] if writer is not None and last else None
         ds = ds.map_batches(
             _ArrowExpertStage,
             fn_constructor_kwargs={
                 "experts": spec.experts,
                 "batch_size": spec.batch_size,
                 "decode": i == 0,
-                "drop_pixels": i == len(specs) - 1,
+                "drop_pixels": last,
+                "write": write,
             },  # fmt: skip
             compute=ActorPoolStrategy(size=spec.actors),
-            batch_size=1 if i == 0 else spec.batch_size,  # the first gets one row group at a time
+            # the first gets one row group at a time; a later one that writes, `rows` rows at a time
+            batch_size=1 if i == 0 else writer[2] if write else spec.batch_size,
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
             **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
-    if writer is not None:
+    if writer is not None and not specs:
         function, kwargs, rows = writer
         ds = ds.map_batches(function, fn_kwargs=kwargs, batch_size=rows, batch_format="pyarrow", num_cpus=0.05,
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
