@@ -55,11 +55,21 @@ def _records(wh: Warehouse) -> dict:
     }
 
 
-def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos):
+# one pool running every expert (what this machine gets), and pools of their own for detection and OCR
+# (what a bigger machine gets: the first pool reads and decodes, the last writes)
+@pytest.mark.parametrize("actors", [{}, {"detection": 1, "ocr": 1}], ids=["one-pool", "three-pools"])
+def test_ray_executor_produces_the_local_executors_rows(tmp_path, three_photos, actors):
     import ray
 
     corpus = resolve_corpus("three", images=three_photos, root=tmp_path / "data")
-    job = JobSpec(dataset="three", profile="fast", allow_random_weights=True, batch_size=2, commit_every=2)
+    job = JobSpec(
+        dataset="three",
+        profile="fast",
+        allow_random_weights=True,
+        batch_size=2,
+        commit_every=2,
+        actors=actors,
+    )
     local, distributed = Warehouse(tmp_path / "local"), Warehouse(tmp_path / "ray")
     run_annotation(corpus, load_profile(FAST), job, local, executor="local")
     try:
