@@ -11,8 +11,8 @@ how busy the cores were (CPU time used by every process / (cores × wall), from 
 on a quiet machine: the load average before each part is in the report), and the job's wall time
 over the pure model time. Start-up is inside the job's wall time, as a user experiences it. Where the
 job's core-seconds went (`job_core_seconds`): the expert actors, the driver, Ray's other processes
-(daemons, Ray Data's own actors, the plan-read and row-write workers), processes gone before the count,
-and idle cores.
+(daemons, Ray Data's own actors, the workers), the rest (processes gone between two readings, anything
+else running) and idle cores.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,22 +49,54 @@ def naive_loop(corpus, profile) -> tuple[float, dict[str, float]]:
     return time.perf_counter() - start, model_seconds
 
 
-def _ray_process_cpu() -> dict[str, float]:
-    """CPU seconds of the live Ray processes on this machine (the job's: the benchmark wants a quiet
+class RayProcessCpu:
+    """CPU seconds of the Ray processes on this machine (the job's: the benchmark wants a quiet
     machine), by kind: the expert actors, and every other one (Ray's daemons and agents, Ray Data's own
-    actors, the workers that read the plan and write the rows)."""
-    hz = os.sysconf("SC_CLK_TCK")
-    out = {"expert_actors": 0.0, "other_ray_processes": 0.0}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(pid) != os.getpid() and ("ray::" in cmd or "/ray/" in cmd):
-            kind = "expert_actors" if "ExpertStage" in cmd else "other_ray_processes"
-            out[kind] += (int(fields[11]) + int(fields[12])) / hz  # utime + stime
-    return out
+    actors, the workers that write the rows). Read from /proc every `every` seconds by a thread, so a
+    process that ends before the job does (Ray stops an actor pool when its work is done) still counts,
+    up to its last reading."""
+
+    def __init__(self, every: float = 2.0):
+        self.every, self.seen = every, {}  # pid -> (kind, cpu seconds)
+        self.stop = threading.Event()
+
+    def read(self) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(pid) != os.getpid() and ("ray::" in cmd or "/ray/" in cmd):
+                # a worker becomes an expert actor (its title says so) and stays one, whatever its title later
+                was = self.seen.get(pid, ("",))[0]
+                kind = (
+                    "expert_actors"
+                    if "ExpertStage" in cmd or was == "expert_actors"
+                    else "other_ray_processes"
+                )
+                self.seen[pid] = (kind, (int(fields[11]) + int(fields[12])) / hz)  # utime + stime
+
+    def __enter__(self):
+        def loop():
+            while not self.stop.wait(self.every):
+                self.read()
+
+        self.thread = threading.Thread(target=loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.read()
+
+    def totals(self) -> dict[str, float]:
+        out = {"expert_actors": 0.0, "other_ray_processes": 0.0}
+        for kind, cpu in self.seen.values():
+            out[kind] += cpu
+        return out
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -111,14 +144,15 @@ def run(images: int = 26, profile_name: str = "starter", out_dir: Path = Path("o
         wh = Warehouse(work / "wh")
         with Busy() as job_busy:
             start, driver = time.perf_counter(), os.times()
-            run_annotation(corpus, profile, job, wh, executor="ray")
+            with RayProcessCpu() as ray_cpu:
+                run_annotation(corpus, profile, job, wh, executor="ray")
             job_s = time.perf_counter() - start
             driver_s = sum(os.times()[:2]) - sum(driver[:2])
-            where = _ray_process_cpu()
+            where = ray_cpu.totals()
         ray.shutdown()
         cores = os.cpu_count() or 1
         busy_s = job_busy.fraction * cores * job_s
-        where.update(driver=driver_s, exited_or_other=busy_s - sum(where.values()) - driver_s)
+        where.update(driver=driver_s, rest=busy_s - sum(where.values()) - driver_s)
         where["idle"] = cores * job_s - busy_s
         counts = json.loads(wh.query("SELECT counts_json FROM runs").column(0)[0].as_py())
         startup = float(counts.get("startup_s", 0.0))

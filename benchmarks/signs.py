@@ -222,6 +222,36 @@ CONFIG_SEARCH: list[dict] = [
         "val": {"gain": 31.5, "read": [0.0, 0.0], "has_text": [93.8, 50.0], "count": [87.8, 52.2]},
         "note": "reading 0% after has_text first; shape -2.0",
     },
+    {
+        "name": "pl-g-raw-latents-m2",
+        "changed": "aux context per mixer layer [raw, latents] (layer 1: raw aux tokens, sink, identity Q/K; layer 2: the compressor's latents); read+has_text 500, then all, seed 0 (branch exp/per-layer-aux)",
+        "val": {"gain": 15.8, "read": [11.7, 0.0], "has_text": [62.7, 50.0], "count": [80.8, 59.8]},
+        "note": "shape +1.5",
+    },
+    {
+        "name": "pl-h-latents-raw-m2",
+        "changed": "per layer [latents, raw]; read+has_text 500, then all, seed 0 (branch exp/per-layer-aux)",
+        "val": {"gain": 17.7, "read": [42.7, 0.0], "has_text": [50.0, 50.0], "count": [80.0, 57.5]},
+        "note": "shape +2.5; a raw context in the second layer never learned has_text",
+    },
+    {
+        "name": "pl-j-raw-latents-has_text-then-read",
+        "changed": "per layer [raw, latents]; has_text 400, read 300, then all, seed 0 (branch exp/per-layer-aux)",
+        "val": {"gain": 28.2, "read": [5.3, 0.0], "has_text": [92.5, 50.0], "count": [84.0, 58.2]},
+        "note": "shape -2.5; latents in the last layer did not learn to read (3.4% after the read stage)",
+    },
+    {
+        "name": "pl-k-latents-raw-read-350",
+        "changed": "per layer [latents, raw]; read 350, then all, seed 0 (branch exp/per-layer-aux)",
+        "val": {"gain": 15.2, "read": [25.2, 0.0], "has_text": [49.0, 48.8], "count": [81.5, 56.5]},
+        "note": "shape +2.5",
+    },
+    {
+        "name": "pl-l-3-layer-raw-latents-latents",
+        "changed": "a 3-layer LLM in both arms, per layer [raw, latents, latents]; read+has_text 500, then all, seed 0 (branch exp/per-layer-aux)",
+        "val": {"gain": 13.1, "read": [23.3, 0.0], "has_text": [50.2, 50.0], "count": [79.2, 58.5]},
+        "note": "another model (no 3-layer baseline run), shape +0.0",
+    },
 ]
 
 
