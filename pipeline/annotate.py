@@ -365,10 +365,12 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
         file=terminal,
     )
-    # The workers write (and the driver commits) every `commit_every` images, and more often in small
-    # runs: the driver hears of an image only once its batch is written, and progress should move.
+    # The workers write (and the driver commits) at most `commit_every` images at a time: the last expert
+    # actors each call's rows (a plan row group: small ones in small plans), a later pool that writes or
+    # a write task fewer in small runs, since the driver hears of an image only once it is written and
+    # progress should move.
     rows = max(1, min(job.commit_every, plan.count // 32))
-    writer = (stage_on_worker, finish, rows) if finish else None
+    writer = (stage_on_worker, finish, rows, job.commit_every) if finish else None
     return run_ray(plan.files, specs, job.batch_size, writer)
 
 

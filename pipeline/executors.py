@@ -48,9 +48,10 @@ def run_local(batches: Iterable[list[dict]], specs: list[StageSpec], batch_size:
 class _ArrowExpertStage:
     """Ray actor wrapper: Arrow batch in, Arrow batches out; runs its experts one after another on each
     `batch_size` rows. The first stage reads the plan's row groups it is handed and decodes, and the
-    last drops the pixels and, given `write` = (function, keyword arguments), hands the finished rows
-    of each call to the function (which writes them) and returns what it returns: every step of the job
-    runs in an actor (see run_ray)."""
+    last drops the pixels and, given `write` = (function, keyword arguments, most), hands the finished
+    rows of each call, at most `most` at a time, to the function (which writes them) and returns what it
+    returns: every step of the job runs in an actor (see run_ray). Rows are written within the call that
+    made them: an actor that dies later loses no row Ray thinks done."""
 
     def __init__(
         self,
@@ -78,13 +79,17 @@ class _ArrowExpertStage:
                 rows = stage(rows)
             out = pa.Table.from_pylist(rows, schema=chunk.schema)
             out = out.drop_columns(["pixels"]) if self.drop_pixels else out
-            if self.write:
-                done.append(out)
-            else:
+            if not self.write:
                 yield out
-        if self.write and done:
-            function, kwargs = self.write
-            yield function(pa.concat_tables(done), **kwargs)
+                continue
+            function, kwargs, most = self.write
+            pending = pa.concat_tables([*done, out])
+            while pending.num_rows >= most:
+                yield function(pending.slice(0, most), **kwargs)
+                pending = pending.slice(most)
+            done = [pending]
+        if self.write and sum(t.num_rows for t in done):
+            yield self.write[0](pa.concat_tables(done), **self.write[1])
 
 
 def _decode_arrow(table):
@@ -130,8 +135,9 @@ def run_ray(
     files: list[Path], specs: list[StageSpec], batch_size: int = 4, writer: tuple | None = None
 ) -> Iterator[dict]:
     """The plan's files through the expert stages on the cluster. With `writer` = (function, keyword
-    arguments, rows), a last step calls the function on batches of that many finished rows (a task
-    of a sliver of a CPU) and what it returns is yielded instead."""
+    arguments, rows, most), the function is called on the finished rows and what it returns is yielded
+    instead: by the last expert actors, on each call's rows, at most `most` at a time (a later pool gets
+    `rows` rows per call), or where no expert is left to run, by a task of a sliver of a CPU on `rows`."""
     import pyarrow.parquet as pq
     import ray.data
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
@@ -161,7 +167,7 @@ def run_ray(
         ds = ds.drop_columns(["pixels"])
     for i, spec in enumerate(specs):
         last = i == len(specs) - 1
-        write = writer[:2] if writer is not None and last else None
+        write = (writer[0], writer[1], writer[3]) if writer is not None and last else None
         ds = ds.map_batches(
             _ArrowExpertStage,
             fn_constructor_kwargs={
@@ -180,7 +186,7 @@ def run_ray(
             **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
     if writer is not None and not specs:
-        function, kwargs, rows = writer
+        function, kwargs, rows, _ = writer
         ds = ds.map_batches(function, fn_kwargs=kwargs, batch_size=rows, batch_format="pyarrow", num_cpus=0.05,
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
     # no prefetch thread: the rows coming back are small, and each waiting consumer polls Ray Data

@@ -199,3 +199,30 @@ def test_job_submitted_to_a_local_cluster(tmp_path, three_photos):
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_expert_actors_write_at_most_commit_every_rows_at_a_time():
+    """The last expert actors write each call's rows (a plan row group, up to 64) in pieces of at most
+    `commit_every`, every row once and in order, within the call that made them."""
+    import pyarrow as pa
+
+    from pipeline.executors import _ArrowExpertStage
+
+    written = []
+
+    def write(table, *, tag):
+        written.append(table.column("image_id").to_pylist())
+        return pa.table({"n": [table.num_rows], "tag": [tag]})
+
+    stage = _ArrowExpertStage([], batch_size=2, drop_pixels=True, write=(write, {"tag": "t"}, 3))
+    out = list(stage(pa.table({"image_id": list(range(7)), "pixels": [b""] * 7})))
+    assert written == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [t.to_pylist() for t in out] == [
+        [{"n": 3, "tag": "t"}],
+        [{"n": 3, "tag": "t"}],
+        [{"n": 1, "tag": "t"}],
+    ]
+    written.clear()
+    assert len(list(stage(pa.table({"image_id": [0, 1, 2], "pixels": [b""] * 3})))) == 1 and written == [
+        [0, 1, 2]
+    ]
