@@ -170,7 +170,7 @@ def run(images: int = 26, profile_name: str = "starter", out_dir: Path = Path("o
             "naive_images_per_s": round(n / naive_s, 3),
             "cores_busy": {"naive": round(naive_busy.fraction, 3), "job": round(job_busy.fraction, 3)},
             # where the job's core-seconds (cores x wall) went: the expert actors, the driver, Ray's other
-            # processes, processes that ended before the count (e.g. idle workers Ray starts and stops), idle
+            # processes, the rest (processes gone between two readings, anything else running), idle
             "job_core_seconds": {k: round(v, 1) for k, v in where.items()},
             "load_average_before": {"naive": naive_busy.load, "job": job_busy.load},
             "pure_model_seconds": round(pure, 2),

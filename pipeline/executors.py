@@ -69,7 +69,7 @@ class _ArrowExpertStage:
 
         if self.decode:  # (file, row group) pairs: this actor reads the plan rows itself
             table = _read_plan_groups(table)
-        done = []
+        pending = None  # finished rows not yet written
         for start in range(0, table.num_rows, self.batch_size):  # a row group's pixels, a batch at a time
             chunk = table.slice(start, self.batch_size)
             rows = chunk.to_pylist()
@@ -83,13 +83,13 @@ class _ArrowExpertStage:
                 yield out
                 continue
             function, kwargs, most = self.write
-            pending = pa.concat_tables([*done, out])
+            pending = out if pending is None else pa.concat_tables([pending, out])
             while pending.num_rows >= most:
                 yield function(pending.slice(0, most), **kwargs)
                 pending = pending.slice(most)
-            done = [pending]
-        if self.write and sum(t.num_rows for t in done):
-            yield self.write[0](pa.concat_tables(done), **self.write[1])
+        if pending is not None and pending.num_rows:
+            function, kwargs, _ = self.write
+            yield function(pending, **kwargs)
 
 
 def _decode_arrow(table):
@@ -165,9 +165,10 @@ def run_ray(
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
         ds = ds.map_batches(_decode_arrow, batch_format="pyarrow", batch_size=batch_size, num_cpus=0.5)
         ds = ds.drop_columns(["pixels"])
+    function, kwargs, rows, most = writer or (None, None, None, None)
     for i, spec in enumerate(specs):
         last = i == len(specs) - 1
-        write = (writer[0], writer[1], writer[3]) if writer is not None and last else None
+        write = (function, kwargs, most) if writer and last else None
         ds = ds.map_batches(
             _ArrowExpertStage,
             fn_constructor_kwargs={
@@ -179,14 +180,13 @@ def run_ray(
             },  # fmt: skip
             compute=ActorPoolStrategy(size=spec.actors),
             # the first gets one row group at a time; a later one that writes, `rows` rows at a time
-            batch_size=1 if i == 0 else writer[2] if write else spec.batch_size,
+            batch_size=1 if i == 0 else rows if write else spec.batch_size,
             batch_format="pyarrow",
             num_cpus=spec.num_cpus,
             **({"num_gpus": spec.num_gpus} if spec.num_gpus else {}),
             **({"memory": spec.memory_mb * 2**20} if spec.memory_mb else {}),
         )
-    if writer is not None and not specs:
-        function, kwargs, rows, _ = writer
+    if writer and not specs:
         ds = ds.map_batches(function, fn_kwargs=kwargs, batch_size=rows, batch_format="pyarrow", num_cpus=0.05,
                             compute=TaskPoolStrategy(size=2))  # fmt: skip
     # no prefetch thread: the rows coming back are small, and each waiting consumer polls Ray Data

@@ -200,9 +200,8 @@ def _write_groups(table: pa.Table, path: Path, group: int) -> None:
     """`table` as a Parquet file of row groups of `group` rows, but its last TAIL_ROWS rows one per group.
     A row group is one block of the Ray job, done by one actor: ending on long blocks leaves the actors
     that finish first idle while the others work through theirs (with blocks of 4 on 2 CPUs, up to
-    four images' time of one core). Ending on single rows (which Ray Data bundles up to the job's
-    batch size, 2 images by default), the actors finish within about one batch of each other. A few
-    more groups per file cost nothing."""
+    four images' time of one core). Ending on single rows, the actors finish within about one image of
+    each other. A few more groups per file cost nothing."""
     body = max(0, table.num_rows - TAIL_ROWS)
     with pq.ParquetWriter(path, table.schema) as writer:
         if body:
