@@ -172,21 +172,26 @@ def _run_annotation(corpus, profile, job, wh, limit, executor, out, retry_errors
     vhash = verbalizer_hash(profile.verbalize)
     aux_key = aux_hash(vhash, hashes)
     tag = run_tag(corpus.name, run_id)  # this run's plan spool and the folder its workers write rows to
-    plans = wh.root / "_plans"
-    # this dataset's run lock is held: what earlier runs of it left behind is stale
-    for folder in (plans, wh.root / INCOMING):
-        for stale in folder.iterdir() if folder.is_dir() else []:
-            if _run_of(stale.name, corpus.name):
-                shutil.rmtree(stale, ignore_errors=True)
-    plan = make_plan(corpus, profile, hashes, wh, aux_key, plans / tag, run_id, limit=limit, splits=job.splits,
-                     retry_errors=retry_errors)  # fmt: skip
+    _remove_run_folders(wh, corpus.name)
+    plan = make_plan(corpus, profile, hashes, wh, aux_key, wh.root / "_plans" / tag, run_id, limit=limit,
+                     splits=job.splits, retry_errors=retry_errors)  # fmt: skip
     try:
         return _run_plan(
             corpus, profile, job, wh, executor, out, plan, run_id, started, hashes, vhash, aux_key
         )
     finally:
-        plan.remove()
-        wh.remove_incoming(tag)
+        _remove_run_folders(wh, corpus.name)
+
+
+def _remove_run_folders(wh: Warehouse, dataset: str) -> None:
+    """Every plan spool and workers' row folder of `dataset`'s runs, this one's included. Called at a
+    run's start and end, with the dataset's run lock held, so none of them belongs to a live run. At the
+    end too: the workers of a killed run can still be finishing a call, and write its rows, after the
+    next run started (never read: no commit adopts them)."""
+    for folder in (wh.root / "_plans", wh.root / INCOMING):
+        for stale in folder.iterdir() if folder.is_dir() else []:
+            if _run_of(stale.name, dataset):
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
@@ -365,10 +370,10 @@ def _stream(plan: Plan, profile: Profile, job: JobSpec, executor: str, wh: Wareh
         "[annotate] actors: " + ", ".join(f"{s.name} {s.actors}" for s in specs) + f" (on {cpus} CPUs)",
         file=terminal,
     )
-    # The workers write (and the driver commits) at most `commit_every` images at a time: the last expert
-    # actors each call's rows (a plan row group: small ones in small plans), a later pool that writes or
-    # a write task fewer in small runs, since the driver hears of an image only once it is written and
-    # progress should move.
+    # The workers write (and the driver commits) at most `commit_every` images at a time. The last expert
+    # actors write the rows of each call (one plan row group when they are the first too, and those are
+    # small in small plans); a later pool or a write task gets `rows` images, fewer in small runs: the
+    # driver hears of an image only once it is written, and progress should move.
     rows = max(1, min(job.commit_every, plan.count // 32))
     writer = (stage_on_worker, finish, rows, job.commit_every) if finish else None
     return run_ray(plan.files, specs, job.batch_size, writer)
@@ -402,11 +407,11 @@ def actor_groups(
     model time per image. An expert whose share is under half a CPU (and that has no actor count in the
     job spec and no GPU share) gets no pool of its own: it runs in the actors of the expert before it
     (or, first in line, of the one after), so a cheap expert costs no process, no model copy per idle
-    actor and no hop between actors. A pool gets
-    the job spec's count, else its experts' summed share rounded, at least one, and no more than the
-    cluster's `gpus` hold at its GPU share (more would wait for a GPU, unscheduled). On 2 CPUs with the
-    starter profile this is one pool of 2 actors running detection, SAM, the scene graph and OCR each on
-    one thread (two pipelines, no core waiting on another); on 16, OCR has a pool of its own."""
+    actor and no hop between actors. A pool gets the job spec's count, else its experts' summed share
+    rounded, at least one, and no more than the cluster's `gpus` hold at its GPU share (more would wait
+    for a GPU, unscheduled). On 2 CPUs with the starter profile this is one pool of 2 actors running
+    detection, SAM, the scene graph and OCR each on one thread (two pipelines, no core waiting on
+    another); on 16, OCR has a pool of its own."""
     gpu_shares = gpu_shares or {}
     order = list(cost)
     total = sum(cost.values()) or 1.0
