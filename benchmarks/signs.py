@@ -62,7 +62,7 @@ TARGETS = {
     "train_eval_max_s": 20 * 60,
 }
 # The headline trains each arm in two runs (stage_configs): reading questions first, then every type.
-STAGE1 = {"types": ["read"], "steps": 350}
+STAGE1 = {"types": ["read"], "steps": 500}
 # Every configuration evaluated while choosing the shipped one, all on `val` (python -m benchmarks signs
 # --split val), never on test. Appended by hand after each val run; results.json repeats it.
 CONFIG_SEARCH: list[dict] = [
@@ -79,8 +79,9 @@ CONFIG_SEARCH: list[dict] = [
         "changed": "the committed defaults: stage 1 = 350 steps of `read` only, then 650 on every type",
         "val": {"gain": 28.8, "read": [60.2, 0.0], "has_text": [53.2, 51.5], "count": [96.8, 57.0]},
         "train_eval_s": 622,
-        "note": "CHOSEN (the shipped defaults): the best val gain and the cheapest of the stage-1 runs; train time "
-        "doubled by other jobs on the 2 cores (load 2.4-4.2), c1's 330 s is the same number of steps",
+        "note": "chosen first (the shipped defaults until v4 replaced them, see v4-3-seeds): the best val gain and "
+        "the cheapest of the stage-1 runs; train time doubled by other jobs on the 2 cores (load 2.4-4.2), c1's "
+        "330 s is the same number of steps",
     },
     {
         "name": "v2-aux-positions",
@@ -251,6 +252,44 @@ CONFIG_SEARCH: list[dict] = [
         "changed": "a 3-layer LLM in both arms, per layer [raw, latents, latents]; read+has_text 500, then all, seed 0 (branch exp/per-layer-aux)",
         "val": {"gain": 13.1, "read": [23.3, 0.0], "has_text": [50.2, 50.0], "count": [79.2, 58.5]},
         "note": "another model (no 3-layer baseline run), shape +0.0",
+    },
+    {
+        "name": "pt1-passthrough-compressor",
+        "changed": "probe: has_text only, 600 steps, tiny-qwen2, aux_sink, aux_attn_init identity over the "
+        "compressor's latents, the compressor initialised as a pass-through mean (V = O = identity, Q = 0, "
+        "feed-forward output 0; branch exp/passthrough-compressor)",
+        "val": {"has_text": [50.0, None]},
+        "note": "the latents are 99.7% the same across scenes: the verbalizer's fixed words and the latents' own "
+        "keys dominate the mean, a sign word is ~5% of a latent, so nothing is left to match",
+    },
+    {
+        "name": "v4-seed1",
+        "changed": "v4 (stage 1: 500 steps of `read`, 1150 steps in all) with seed 1",
+        "val": {"gain": 24.1, "read": [71.8, 0.0], "has_text": [45.5, 52.2], "count": [93.0, 62.7]},
+        "train_eval_s": 670,
+        "note": "arms one after the other on one core (--parallel 1) while a helper used the other; shape +2.0",
+    },
+    {
+        "name": "v4-seed2",
+        "changed": "v4 with seed 2",
+        "val": {"gain": 28.4, "read": [74.8, 0.0], "has_text": [49.0, 50.0], "count": [96.5, 62.5]},
+        "train_eval_s": 703,
+        "note": "one-token reading 94.9%, multi-token 8.3%; shape -4.0; --parallel 1",
+    },
+    {
+        "name": "v1-seed2",
+        "changed": "v1 with seed 2 (the comparison with v4 over three seeds)",
+        "val": {"gain": 25.8, "read": [61.7, 0.0], "has_text": [48.5, 50.2], "count": [97.2, 62.5]},
+        "train_eval_s": 612,
+        "note": "shape -2.0; --parallel 1",
+    },
+    {
+        "name": "v4-3-seeds",
+        "changed": "summary of v4, v4-seed1, v4-seed2 against v1, v1-seed1, v1-seed2 (no new run)",
+        "val": {"gain": 26.3, "read": [73.6, 0.0]},
+        "note": "CHOSEN (the shipped defaults): mean over seeds 0-2, gain v4 26.3 vs v1 25.3 and reading with aux "
+        "v4 73.6% vs v1 59.9% (every v4 seed >= 71.8%); rule fixed before seed 2's runs: adopt v4 if its mean "
+        "gain is within 2 points of v1's and it reads >= 60% in every seed. 15% more steps",
     },
 ]
 
