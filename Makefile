@@ -70,6 +70,6 @@ clean-venv:
 	rm -rf $(VENV)
 
 # Generate `signs`, annotate it (OCR), train with and without the aux text, evaluate both on the test
-# split: outputs/signs/results.{json,md,png}. About 10 minutes on a 2-core CPU.
+# split: outputs/signs/results.{json,md,png}. About 25 minutes on a 2-core CPU (annotation ~6 of them).
 signs-benchmark: setup
 	$(BIN)/python -m benchmarks signs
