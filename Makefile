@@ -38,8 +38,9 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $@
 	@echo "moai-forge installed in $(VENV)"
 
+# -X faulthandler: a crash, even one while the interpreter exits, prints each thread's Python stack
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+	$(BIN)/python -X faulthandler -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 plan: setup
 	$(BIN)/moai plan --dataset "$(DATASET)" $(if $(IMAGES),--images "$(IMAGES)") $(if $(PROFILE),--profile "$(PROFILE)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", "data", "outputs", ".git", "**/__pycache__", "*.egg-info"]
+AGENT_WAIT_S = 180.0  # how long a fresh head's job agent may take to come up
 
 
 def submit(
@@ -34,14 +35,15 @@ def submit(
         runtime_env.update(working_dir=str(REPO), excludes=EXCLUDES)
     entrypoint = " ".join([sys.executable, "-m", "jobs.entrypoint", *annotate_args])
     deadline = time.monotonic() + timeout_s
-    agent_wait = time.monotonic() + 60.0
+    agent_wait = time.monotonic() + AGENT_WAIT_S
     while True:
         try:
             job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, entrypoint_num_cpus=0)
             break
         except RuntimeError as err:
             # Right after `ray start` the head's job agent may not be up yet: Ray answers 500 "No available
-            # agent to submit job, please try again later". Try again for up to a minute, then say so.
+            # agent to submit job, please try again later". Try again for up to AGENT_WAIT_S, then say so
+            # (a minute was too short on a loaded 2-core machine: the agent came up later than that).
             if "No available agent" not in str(err) or time.monotonic() > agent_wait:
                 raise
             time.sleep(2.0)

@@ -11,6 +11,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = Path(os.environ.get("MOAI_SHARED_MODELS", REPO.parent / "shared" / "models"))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Let go of native resources while every library is still whole: a Ray runtime a test left connected,
+    and the ONNX Runtime sessions, torch modules and DuckDB connections that only a reference cycle still
+    holds. Left to the interpreter's exit, their C++ destructors can run after the libraries' own static
+    state is gone; one CI run printed its summary and then died of a segmentation fault (exit 139)."""
+    import gc
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    gc.collect()
+
+
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     from corpora.sample import build_sample

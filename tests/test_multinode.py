@@ -91,6 +91,7 @@ def two_nodes(monkeypatch):
         yield cluster, worker
     finally:
         cluster.shutdown()
+        cluster.global_state.disconnect()  # drop its GCS client in this process: Cluster.shutdown keeps it
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
