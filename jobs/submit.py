@@ -43,7 +43,7 @@ def submit(
         except RuntimeError as err:
             # Right after `ray start` the head's job agent may not be up yet: Ray answers 500 "No available
             # agent to submit job, please try again later". Try again for up to AGENT_WAIT_S, then say so
-            # (a minute was too short on a loaded 2-core machine: the agent came up later than that).
+            # (a loaded 2-core machine once outwaited a minute).
             if "No available agent" not in str(err) or time.monotonic() > agent_wait:
                 raise
             time.sleep(2.0)

@@ -15,7 +15,8 @@ def pytest_sessionfinish(session, exitstatus):
     """Let go of native resources while every library is still whole: a Ray runtime a test left connected,
     and the ONNX Runtime sessions, torch modules and DuckDB connections that only a reference cycle still
     holds. Left to the interpreter's exit, their C++ destructors can run after the libraries' own static
-    state is gone; one CI run printed its summary and then died of a segmentation fault (exit 139)."""
+    state is gone. One CI run printed its summary and then died of a segmentation fault (exit 139); its
+    cause was not found (`make test` now runs with -X faulthandler), this removes the likeliest ones."""
     import gc
     import sys
 
