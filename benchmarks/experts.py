@@ -15,9 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
-from annotators.registry import make_expert
-
 from annotators.base import ImageInput
+from annotators.registry import make_expert
 from corpora.decode import decode_image
 from corpora.sample import build_sample
 from pipeline.profiles import REPO, load_profile

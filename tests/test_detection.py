@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotators.registry import make_expert
 
 import annotators.detection as detection
 from annotators.base import RANDOM_INIT, ImageInput
@@ -24,6 +23,7 @@ from annotators.detection import (
     same_shape_groups,
 )
 from annotators.masks import nms
+from annotators.registry import make_expert
 from annotators.weights import sha256_file
 from core.errors import UserError, WeightsError
 from corpora.decode import decode_image

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from annotators.registry import make_expert
 from PIL import Image, ImageDraw, ImageFont
 
 import annotators.ocr as ocr
 from annotators.base import ImageInput, TextLine
 from annotators.ocr import intra_op_threads, reading_order, to_bgr
+from annotators.registry import make_expert
 from annotators.weights import sha256_file
 from core.errors import UserError, WeightsError
 from corpora.decode import decode_image

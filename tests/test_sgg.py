@@ -7,10 +7,10 @@ from itertools import combinations
 
 import numpy as np
 import pytest
-from annotators.registry import make_expert
 from pycocotools import mask as mask_utils
 
 from annotators.base import RANDOM_INIT, Detection, ImageInput, Relation, Segment
+from annotators.registry import make_expert
 from annotators.sgg import GEOMETRIC_ID, build_scene_graph
 from core.errors import UserError
 
