@@ -277,6 +277,18 @@ def test_llama_qwen2_clip_siglip(llm, vision):
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in m.mixers.parameters())
 
 
+def test_mixer_layers_places_the_mixers_where_named_and_only_they_act():
+    m = tiny(mixer_layers=[0, 2])
+    assert m.mixer_layers == [0, 2] and sorted(m.mixers) == ["0", "2"]
+    out = m.forward_batch(collate(items3()))
+    out.loss.backward()
+    assert all(p.grad is not None for p in m.mixers.parameters())
+    assert m.config.mixer_layers == [0, 2]  # kept in the config a checkpoint stores
+    for bad in ([4], [1, 1], [], [-1]):  # the tiny LLM has layers 0-3
+        with pytest.raises(ValueError, match="mixer_layers must name distinct 0-based decoder layers"):
+            tiny(mixer_layers=bad)
+
+
 def test_text_only_batches_skip_the_image_side(model):
     batch = collate(items3())
     text = dict(

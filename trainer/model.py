@@ -100,6 +100,8 @@ class MoAIConfig:
 
     # Mixer (six low-rank attention experts + two gates), in layers whose 1-based index is a multiple
     mixer_every: int = 8
+    # Or name them: 0-based decoder layers that get a mixer (overrides mixer_every; not MoAI's placement)
+    mixer_layers: list[int] | None = None
     mixer_heads: int = 4
     mixer_rank: int = 64
     # Initial weights of the mixer's experts: "default" is PyTorch's (MoAI, its issue #22), which scales
@@ -569,6 +571,20 @@ def decoder_layers(llm: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the decoder layers of {type(llm).__name__}")
 
 
+def mixer_placement(config: MoAIConfig, n_layers: int) -> list[int]:
+    """The 0-based decoder layers that get a MoAI-Mixer: `mixer_layers` as named, else every layer whose
+    1-based index is a multiple of `mixer_every` (MoAI's placement)."""
+    if config.mixer_layers is None:
+        return [i for i in range(n_layers) if (i + 1) % config.mixer_every == 0]
+    named = list(config.mixer_layers)
+    if not named or len(set(named)) != len(named) or not all(0 <= i < n_layers for i in named):
+        raise ValueError(
+            f"mixer_layers must name distinct 0-based decoder layers of the LLM's {n_layers} "
+            f"(0 to {n_layers - 1}), not {named}"
+        )
+    return sorted(named)
+
+
 def attention_module(layer: nn.Module) -> nn.Module:
     for name in ("self_attn", "attention", "attn", "self_attention"):
         if isinstance(getattr(layer, name, None), nn.Module):
@@ -610,7 +626,7 @@ class MoAI(nn.Module):
                 config.aux_positions,
             )
             layers = decoder_layers(self.llm)
-            self.mixer_layers = [i for i in range(len(layers)) if (i + 1) % config.mixer_every == 0]
+            self.mixer_layers = mixer_placement(config, len(layers))
             self.mixers = nn.ModuleDict(
                 {str(i): MixerLayer(dim, config.mixer_heads, config.mixer_rank) for i in self.mixer_layers}
             )
