@@ -6,6 +6,7 @@ The GGUF is dequantized once per module (~33 s on 2 cores); two Lightning steps 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,7 +18,15 @@ import torch
 from pipeline.reverbalize import reverbalize
 from trainer.cache import AuxTokenCache, cache_aux_tokens
 from trainer.config import resolve_config
-from trainer.inputs import HFTokenizer, answer_ids, format_prompt
+from trainer.inputs import (
+    DIGEST_FILE,
+    HFTokenizer,
+    answer_ids,
+    format_prompt,
+    gguf_tokenizer,
+    tokenizer_digest,
+)
+from trainer.model import PRESETS, smollm2_dir
 from trainer.train import DataProgress, build, prepare_instructions, trainer_arguments
 from warehouse.store import Warehouse
 
@@ -106,3 +115,38 @@ def test_the_real_tokenizer_round_trips_a_question(smollm2):
     cache.check(rows)
     row = next(r for r in rows if r["aux_text"])
     assert cache.get(row) == tok.encode(row["aux_text"])
+
+
+def test_the_gguf_tokenizer_is_read_once_then_from_a_checked_copy(tmp_path, monkeypatch):
+    """Parsing the GGUF for its tokenizer takes seconds; the first read saves a copy in the weights cache
+    and later reads load the copy: the same tokenizer to the digest. A copy that is garbled, or whose
+    vocabulary was edited, is never used: the GGUF is read again and the copy replaced. A cache that
+    cannot be written costs only the time."""
+    monkeypatch.setenv("MOAI_WEIGHTS", str(tmp_path / "weights"))
+    folder, name = smollm2_dir(), PRESETS["smollm2-135m"].llm_gguf_file
+    first = gguf_tokenizer(folder, name)
+    assert first.name_or_path == folder  # read from the GGUF
+    (copy,) = (tmp_path / "weights" / "tokenizers").iterdir()
+    assert copy.name.startswith(Path(name).stem) and (copy / DIGEST_FILE).read_text() == tokenizer_digest(
+        first
+    )
+    second = gguf_tokenizer(folder, name)
+    assert second.name_or_path == str(copy) and tokenizer_digest(second) == tokenizer_digest(first)
+    text = "Is there a sign that says planetary? The image includes text descriptions: kemu, and 590."
+    assert second.encode(text) == first.encode(text) and second.chat_template == first.chat_template
+
+    spec = json.loads((copy / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab["hello"], vocab["world"] = vocab["world"], vocab["hello"]  # still a valid tokenizer, not this one
+    (copy / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    edited = gguf_tokenizer(folder, name)
+    assert edited.name_or_path == folder and tokenizer_digest(edited) == tokenizer_digest(first)
+    assert gguf_tokenizer(folder, name).name_or_path == str(copy)  # replaced by a good copy
+
+    (copy / "tokenizer.json").write_text('{"model": {"vocab": ', encoding="utf-8")  # cut mid-write
+    assert gguf_tokenizer(folder, name).name_or_path == folder
+    assert tokenizer_digest(gguf_tokenizer(folder, name)) == tokenizer_digest(first)
+
+    (tmp_path / "blocked").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("MOAI_WEIGHTS", str(tmp_path / "blocked" / "weights"))
+    assert tokenizer_digest(gguf_tokenizer(folder, name)) == tokenizer_digest(first)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -50,13 +53,7 @@ class HFTokenizer:
         never share rows even under one name; a local folder goes by its name, so the same files in
         another checkout or virtual environment still find their rows."""
         name = Path(self.source).name if Path(self.source).is_dir() else self.source
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            content = backend.to_str()
-        else:  # a slow (Python) tokenizer: its class, vocabulary and special tokens
-            vocab = sorted(self.tokenizer.get_vocab().items())
-            content = json.dumps([type(self.tokenizer).__name__, vocab, self.tokenizer.special_tokens_map])
-        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+        digest = tokenizer_digest(self.tokenizer)
         return ":".join(["hf", name, *([self.gguf_file] if self.gguf_file else []), digest])
 
     def encode(self, text: str) -> list[int]:
@@ -64,6 +61,59 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([i for i in ids if i >= 0], skip_special_tokens=True)
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """16 hex digits of a Hugging Face tokenizer's whole definition (vocabulary, merges, normalizer)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        content = backend.to_str()
+    else:  # a slow (Python) tokenizer: its class, vocabulary and special tokens
+        vocab = sorted(tokenizer.get_vocab().items())
+        content = json.dumps([type(tokenizer).__name__, vocab, tokenizer.special_tokens_map])
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+DIGEST_FILE = "moai-tokenizer-digest.txt"  # in a saved tokenizer folder: the digest it must load with
+
+
+def gguf_tokenizer(folder: str, gguf_file: str, trust_remote_code: bool = False):
+    """The tokenizer inside a GGUF file. Reading it from the GGUF parses the whole file (~6 s for
+    SmolLM2's 98 MB, in every training run), so the first read also saves it as a tokenizer folder in
+    the weights cache, `$MOAI_WEIGHTS/tokenizers/<file>-<size>-<mtime>`, which later runs load in
+    ~0.1 s. The folder keeps the digest of the tokenizer it was saved from and is used only when what
+    loads from it has that digest: a garbled or half-written copy is replaced from the GGUF."""
+    from transformers import AutoTokenizer
+
+    from annotators.weights import weights_dir
+
+    source = Path(folder) / gguf_file
+    stat = source.stat()
+    cached = weights_dir() / "tokenizers" / f"{source.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    existed = cached.exists()
+    if existed:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cached, trust_remote_code=trust_remote_code)
+            if (cached / DIGEST_FILE).read_text(encoding="utf-8").strip() == tokenizer_digest(tokenizer):
+                return tokenizer
+        except Exception:  # a garbled or half-written copy, whatever it raises: the GGUF is the authority
+            pass
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, gguf_file=gguf_file, trust_remote_code=trust_remote_code
+    )
+    partial = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".partial-"))
+        tokenizer.save_pretrained(partial)
+        (partial / DIGEST_FILE).write_text(tokenizer_digest(tokenizer), encoding="utf-8")
+        if existed:
+            shutil.rmtree(cached, ignore_errors=True)
+        os.rename(partial, cached)  # atomic; fails if another run saved its copy first, which is as good
+    except OSError:  # a read-only or full cache (the next run reads the GGUF again), or that race
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+    return tokenizer
 
 
 def make_tokenizer(spec: str, model_cfg=None):
@@ -84,6 +134,8 @@ def make_tokenizer(spec: str, model_cfg=None):
     elif spec == "auto":
         spec, gguf_file = llm, model_cfg.llm_gguf_file
     trust = bool(getattr(model_cfg, "trust_remote_code", False))
+    if gguf_file and Path(spec, gguf_file).is_file():
+        return HFTokenizer(gguf_tokenizer(spec, gguf_file, trust), spec, gguf_file)
     tok = AutoTokenizer.from_pretrained(spec, gguf_file=gguf_file, trust_remote_code=trust)
     return HFTokenizer(tok, spec, gguf_file)
 
