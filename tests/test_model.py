@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from trainer.model import EXPERT_NAMES, IGNORE, PRESETS, MoAI, MoAIConfig
+from trainer.model import EXPERT_NAMES, IGNORE, PRESETS, MixerLayer, MoAI, MoAIConfig, mix_experts
 
 IMG = 259  # data.ByteTokenizer.image_token_id, the tiny preset's placeholder
 PAD, BOS, EOS = 256, 257, 258
@@ -166,6 +166,66 @@ def test_mixer_disabled_gives_the_frozen_llm_logits(model):
         model.forward_batch(one, use_mixer=False).logits, model.llm(inputs_embeds=seq.embeds).logits
     )
     assert not torch.allclose(model.forward_batch(batch).logits, reference), "the mixer must change something"
+
+
+@pytest.mark.parametrize("choice", [(None, None), (1, 2), (0, 0)])
+def test_language_side_on_the_language_rows_alone_equals_it_over_every_position(choice):
+    """The mixer runs its language experts on each row's language tokens only (gathered, in order). The
+    reference runs them over every position, as MoAI does, and keeps the language rows: the same output,
+    gate statistics included, for rows with left and right padding and the image at different places."""
+    torch.manual_seed(0)
+    mixer = MixerLayer(dim=16, heads=2, rank=8)
+    B, T, P = 3, 11, 3
+    h, aux = torch.randn(B, T, 16), torch.randn(B, 4, 16)
+    image_at = [1, 4, 0]  # first image position per row
+    real = [range(0, 9), range(2, 11), range(0, 11)]  # right-padded, left-padded, full
+    answer_from = [7, 9, 8]  # first answer position per row
+    image_index = torch.tensor([[a + i for i in range(P)] for a in image_at])
+    attention = torch.zeros(B, T, dtype=torch.bool)
+    for b, r in enumerate(real):
+        attention[b, list(r)] = True
+    is_image = torch.zeros(B, T, dtype=torch.bool).scatter(1, image_index, True)
+    lang_mask = attention & ~is_image
+    prompt_mask = lang_mask & (torch.arange(T)[None] < torch.tensor(answer_from)[:, None])
+    out, (img, lang) = mixer(h, image_index, lang_mask, prompt_mask, aux, choice, top_k=0)
+
+    h_img = h.gather(1, image_index[..., None].expand(-1, -1, 16))
+    causal = lang_mask[:, None, None, :] & torch.ones(T, T, dtype=torch.bool).tril()
+    ref_img = mix_experts(
+        h_img,
+        [
+            (mixer.img_aux, aux, None),
+            (mixer.img_lang, h, prompt_mask[:, None, None, :]),
+            (mixer.img_self, h_img, None),
+        ],
+        mixer.gate_img,
+        torch.ones_like(image_index, dtype=torch.bool),
+        choice[0],
+        0,
+    )
+    ref_lang = mix_experts(
+        h,
+        [(mixer.lang_aux, aux, None), (mixer.lang_img, h_img, None), (mixer.lang_self, h, causal)],
+        mixer.gate_lang,
+        lang_mask,
+        choice[1],
+        0,
+    )
+    ref = torch.where(lang_mask[..., None], ref_lang.out, h).scatter(
+        1, image_index[..., None].expand(-1, -1, 16), ref_img.out
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[~attention], h[~attention]), "pad rows pass through unchanged"
+    torch.testing.assert_close(lang.mean_gate, ref_lang.mean_gate)
+    torch.testing.assert_close(img.mean_gate, ref_img.mean_gate)
+    out.sum().backward()  # every expert on the language side still gets a gradient
+    sides = (
+        ["lang_aux", "lang_img", "lang_self"]
+        if choice[1] is None
+        else [["lang_aux", "lang_img", "lang_self"][choice[1]]]
+    )
+    for name in sides:
+        assert getattr(mixer, name).q[0].weight.grad.abs().sum() > 0, name
 
 
 # 5 ------------------------------------------------------------------------------------------------

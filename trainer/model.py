@@ -453,14 +453,23 @@ class MixerLayer(nn.Module):
         top_k: int,
     ) -> tuple[Tensor, list[MixOutcome]]:
         # h B×T×D normed hidden states entering self-attention; image_index B×P; masks B×T; aux B×Q×D
-        T = h.shape[1]
-        h_img = h.gather(1, image_index[..., None].expand(-1, -1, h.shape[-1]))  # B×P×D
-        causal_lang = lang_mask[:, None, None, :] & torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+        D = h.shape[-1]
+        h_img = h.gather(1, image_index[..., None].expand(-1, -1, D))  # B×P×D
+        # The language side runs on each row's language tokens alone, gathered in order into B×L (L: the
+        # most any row has), not on all T positions: what it would compute at image and pad positions is
+        # thrown away, and the kept rows see the same keys. In the signs benchmark's batches L ≈ T/2.
+        count = lang_mask.sum(1)
+        L = int(count.max()) if count.numel() else 0
+        lang_index = torch.argsort((~lang_mask).to(torch.uint8), dim=1, stable=True)[:, :L]  # B×L
+        valid = torch.arange(L, device=h.device)[None] < count[:, None]  # B×L real language tokens
+        h_lang = h.gather(1, lang_index[..., None].expand(-1, -1, D))  # B×L×D
+        prompt = prompt_mask.gather(1, lang_index) & valid
+        causal = valid[:, None, None, :] & torch.ones(L, L, dtype=torch.bool, device=h.device).tril()
         img = mix_experts(
             h_img,
             [
                 (self.img_aux, aux, None),
-                (self.img_lang, h, prompt_mask[:, None, None, :]),  # never answer tokens
+                (self.img_lang, h_lang, prompt[:, None, None, :]),  # never answer tokens
                 (self.img_self, h_img, None),
             ],
             self.gate_img,
@@ -469,15 +478,18 @@ class MixerLayer(nn.Module):
             top_k,
         )
         lang = mix_experts(
-            h,
-            [(self.lang_aux, aux, None), (self.lang_img, h_img, None), (self.lang_self, h, causal_lang)],
+            h_lang,
+            [(self.lang_aux, aux, None), (self.lang_img, h_img, None), (self.lang_self, h_lang, causal)],
             self.gate_lang,
-            lang_mask,
+            valid,
             choice[1],
             top_k,
         )
-        out = torch.where(lang_mask[..., None], lang.out, h)  # pad rows pass through unchanged
-        out = out.scatter(1, image_index[..., None].expand(-1, -1, h.shape[-1]), img.out)
+        # a row's unused slots (index of a pad or image position) write back what they read; the image
+        # rows are written last, so pad rows pass through unchanged
+        lang_out = torch.where(valid[..., None], lang.out, h_lang)
+        out = h.scatter(1, lang_index[..., None].expand(-1, -1, D), lang_out)
+        out = out.scatter(1, image_index[..., None].expand(-1, -1, D), img.out)
         return out, [img, lang]
 
     def decode(self, h: Tensor, cache: MixerCache, aux: Tensor, choice: int | None, top_k: int) -> Tensor:
