@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -392,7 +393,7 @@ CONFIG_SEARCH: list[dict] = [
         "name": "v4-3-seeds",
         "changed": "summary of v4, v4-seed1, v4-seed2 against v1, v1-seed1, v1-seed2 (no new run)",
         "val": {"gain": 26.3, "read": [73.6, 0.0]},
-        "note": "CHOSEN (the shipped defaults until v9 replaced them): mean over seeds 0-2, gain v4 26.3 vs v1 25.3 and reading with aux "
+        "note": "CHOSEN (the shipped defaults): mean over seeds 0-2, gain v4 26.3 vs v1 25.3 and reading with aux "
         "v4 73.6% vs v1 59.9% (every v4 seed >= 71.8%); rule fixed before seed 2's runs: adopt v4 if its mean "
         "gain is within 2 points of v1's and it reads >= 60% in every seed. 15% more steps",
     },
@@ -447,9 +448,10 @@ CONFIG_SEARCH: list[dict] = [
             "read_multi_token": 2.1,
         },
         "train_eval_s": 996,
-        "note": "CHOSEN (the shipped defaults since v9): session 11's rule, unchanged, met: mean gain 26.1 >= 24.8, "
+        "note": "met session 11's rule, unchanged: mean gain 26.1 >= 24.8, "
         "reading 71.8/67.0/62.6 (>= 60 in every seed), shape -0.7, train+eval 996 s <= 1,000 (load 0.8 at the "
-        "start, nothing else running). Per seed gain +25.9/+25.2/+27.0. Count with aux 88.8% (v4 ~94%)",
+        "start, nothing else running). Per seed gain +25.9/+25.2/+27.0. Not yet adopted: its test run failed on "
+        "a stale stage-1 checkpoint (fixed), and the session ended before a rerun. Count with aux 88.8% (v4 ~94%)",
     },
 ]
 
@@ -776,6 +778,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "configs").mkdir(exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     jobs, configs = [], {}
+    # every arm trains from nothing: an earlier run's folders (its checkpoints, metrics, export) go first,
+    # so no stage can start from, and no evaluation can read, what an earlier config trained
+    shutil.rmtree(out / "train", ignore_errors=True)
+    shutil.rmtree(out / "arms", ignore_errors=True)
     for seed in seeds:
         for arm, use_aux in ARMS.items():
             name = f"seed{seed}-{arm}"

@@ -400,3 +400,19 @@ def test_panoptic_map_image_uses_the_pascal_colours_at_0_to_255():
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     assert image[:, :8].max() == 0 and (image[:, 8:] == [128, 0, 0]).all()
     assert not aux_map_image([], 16).any()
+
+
+def test_a_second_run_into_the_same_folder_is_found_not_the_first(tmp_path):
+    """Lightning keeps an earlier run's last.ckpt and versions the new one (last-v1.ckpt): the run folder
+    resolves to the newest, so a stage-2 init or an export never reads what an earlier config trained."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for k, name in enumerate(
+        ["epoch=3-step=500.ckpt", "last.ckpt", "epoch=3-step=500-v1.ckpt", "last-v1.ckpt"]
+    ):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (1_000_000 + k, 1_000_000 + k))
+    assert find_checkpoint(tmp_path / "run").name == "last-v1.ckpt"
+    (folder / "last.ckpt").unlink()
+    (folder / "last-v1.ckpt").unlink()
+    assert find_checkpoint(tmp_path / "run").name == "epoch=3-step=500-v1.ckpt"
