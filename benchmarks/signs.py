@@ -1064,9 +1064,10 @@ def non_moai_options(cfg: dict, stage1: dict | None = None) -> list[str]:
     d = cfg.get("data", {})
     moai = MoAIConfig()
     out = []
+    tiny = {**TINY_LLM, **m.tiny_llm}  # the tiny LLM as trainer.model.build_llm builds it
+    width = int(tiny["hidden_size"])
     if m.llm in TINY_LLMS:
-        layers = m.tiny_llm.get("num_hidden_layers", 4)
-        width = m.tiny_llm.get("hidden_size", "?")
+        layers = tiny["num_hidden_layers"]
         out.append(
             f"LLM: a random-init {m.llm}, {layers} layers of width {width}, instead of a pretrained one"
         )
@@ -1089,7 +1090,6 @@ def non_moai_options(cfg: dict, stage1: dict | None = None) -> list[str]:
             f"compressor: {m.num_queries} latents, depth {m.compressor_depth} (MoAI: 64 latents, depth 4)"
         )
     if m.llm in TINY_LLMS:
-        width = int(m.tiny_llm.get("hidden_size", TINY_LLM["hidden_size"]))
         full = ", full rank" if m.mixer_rank >= width else ""
         out.append(f"mixer_rank: {m.mixer_rank} at width {width}{full} (MoAI: rank 256 of 4096)")
     if m.mixer_layers is not None:
