@@ -7,6 +7,8 @@ DATASET ?= sample
 PROFILE ?=
 IMAGES ?=
 CONFIG ?= configs/train-tiny.yaml
+# e.g. TRAIN_ARGS=--overwrite (replace the earlier run in the same folder) or TRAIN_ARGS="--resume <ckpt>"
+TRAIN_ARGS ?=
 PYTEST_ARGS ?=
 
 # The install stamp changes whenever the declared or locked dependencies or the install recipe below
@@ -52,7 +54,7 @@ TRAIN_DATASET ?= sample
 
 train: setup
 	$(BIN)/moai annotate --dataset "$(TRAIN_DATASET)"
-	$(BIN)/moai train --config "$(CONFIG)"
+	$(BIN)/moai train --config "$(CONFIG)" $(TRAIN_ARGS)
 
 eval: setup
 	$(BIN)/moai eval --dataset "$(DATASET)" $(if $(MODEL),--model "$(MODEL)")

@@ -122,7 +122,7 @@ def export_coco(a) -> int:
 def train(a) -> int:
     from trainer.train import train
 
-    print(f"run folder: {train(a.config, resume=a.resume)}")
+    print(f"run folder: {train(a.config, resume=a.resume, overwrite=a.overwrite)}")
     return 0
 
 
@@ -241,6 +241,11 @@ def _export_coco_args(p) -> None:
 def _train_args(p) -> None:
     p.add_argument("--config", default="configs/train-tiny.yaml")
     p.add_argument("--resume", default=None, help="a checkpoint to resume from (exact mid-epoch)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run in the same run folder (its checkpoints, metrics, logs and plots)",
+    )
 
 
 def _cache_args(p) -> None:

@@ -18,3 +18,7 @@ class WeightsError(UserError):
 class WarehouseError(UserError):
     """The warehouse cannot be used safely as it is (lost or garbled manifest, full disk, unreadable
     files, another run holding the dataset). Nothing was changed by the command that raised it."""
+
+
+class RunFolderError(UserError):
+    """A training run's folder already holds another run's checkpoints: continue it or replace it, never mix."""

@@ -201,6 +201,50 @@ def test_run_outputs(full_run):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["name"] == "full"
 
 
+def test_a_second_run_into_a_used_folder_is_refused_until_resumed_or_replaced(
+    workspace, full_run, tmp_path, capsys
+):
+    """Training again into a folder that holds checkpoints would leave two runs' files side by side (the
+    stale-checkpoint bug): refused in one paragraph naming both ways out, before anything is built and with
+    nothing touched. --overwrite replaces the earlier run's files and only those."""
+    from cli.main import main
+    from core.errors import RunFolderError
+
+    run_dir, _ = full_run
+    out = tmp_path / "runs"
+    shutil.copytree(run_dir, out / "full")
+    (out / "full" / "checkpoints" / "only-the-earlier-run.ckpt").write_bytes(b"x")
+    (out / "full" / "notes.txt").write_text("mine", encoding="utf-8")  # not a file a run writes
+    config = tmp_path / "train.yaml"
+    cfg = yaml.safe_load(workspace["config"].read_text(encoding="utf-8"))
+    config.write_text(yaml.safe_dump({**cfg, "run": {**cfg["run"], "out": str(out)}}), encoding="utf-8")
+
+    def files():
+        return {
+            p.relative_to(out): (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()
+        }
+
+    before = files()
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"moai train: the run folder {out / 'full'} already holds") and "\n" not in err
+    assert "--resume" in err and "--overwrite" in err and "another run.name" in err
+    assert files() == before
+    with pytest.raises(RunFolderError, match="not both"):
+        train(config, resume=str(out / "full" / "checkpoints" / "last.ckpt"), overwrite=True)
+    assert files() == before
+
+    assert main(["train", "--config", str(config), "--overwrite"]) == 0
+    ckpts = {p.name for p in (out / "full" / "checkpoints").iterdir()}
+    assert (
+        "last.ckpt" in ckpts
+        and not any("-v1" in n for n in ckpts)
+        and "only-the-earlier-run.ckpt" not in ckpts
+    )
+    assert (out / "full" / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert find_checkpoint(out / "full").stat().st_mtime_ns > max(t for t, _ in before.values())
+
+
 def test_a_run_shorter_than_the_log_interval_finishes_without_plots(workspace):
     from trainer.train import train
 

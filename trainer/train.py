@@ -15,7 +15,8 @@ wrong type or out of range stops the run with one line naming the file, the key 
 
 `run.init_from` (a checkpoint or run folder) starts from another run's trained weights with a fresh
 optimizer, schedule and data order: MoAI's step 2 after step 1. `moai train --resume` instead
-continues the same run exactly.
+continues the same run exactly. A run folder that already holds checkpoints is refused unless the run is
+resumed (`--resume`) or replaced (`--overwrite`): two runs' files in one folder would be mixed up.
 
 `run.threads` sets torch's intra-op threads in every training process: a tiny model on a shared
 CPU runs many times faster on one thread than on several contended ones.
@@ -34,6 +35,8 @@ folder and answers questions with it.
 from __future__ import annotations
 
 import math
+import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+from core.errors import RunFolderError
 from trainer.cache import CacheFill, fill_caches, vision_encoder_id
 from trainer.config import data_config, model_config, resolve_config, run_dir_of
 from trainer.data import WarehouseDataModule
@@ -189,20 +193,60 @@ def make_strategy(value: Any, step1: bool = False) -> Any:
     return value
 
 
+# what a training run writes into its folder (CSVLogger adds hparams.yaml); --overwrite removes these only
+RUN_FILES = ("checkpoints", "tb", "metrics.csv", "hparams.yaml", "config.yaml", "loss.png", "routing.png")
+
+
+def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a folder holding an earlier run's checkpoints, unless it is resumed or
+    replaced. Lightning would keep the old files beside the new ones (versioning its own as last-v1.ckpt),
+    and whatever later reads the folder could take the earlier run's weights for this one's."""
+    if resume and overwrite:
+        raise RunFolderError(
+            "--resume continues a run and --overwrite deletes it: give one of them, not both"
+        )
+    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if resume or not found:
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found[-1].stat().st_mtime))
+    raise RunFolderError(
+        f"the run folder {run_dir} already holds an earlier run's checkpoints ({len(found)} file(s), the newest "
+        f"{found[-1].name}, written {when}). A new run there would leave them beside its own, and a later "
+        f"export or run.init_from could read the earlier weights. To continue that run exactly, pass "
+        f"--resume {found[-1]}; to replace it, pass --overwrite (`make train TRAIN_ARGS=--overwrite`; it "
+        "deletes that run's checkpoints, metrics, logs and plots, nothing else); to keep it, give this run "
+        "another run.name or run.out."
+    )
+
+
 def train(
     config_path: str | Path,
     resume: str | None = None,
     overrides: dict | None = None,
     callbacks: list | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Train as configured; returns the run folder. `resume`: a checkpoint to continue from exactly
     (model, optimizer, schedule and data position; its run folder's metrics.csv is continued);
-    `overrides`: {section: {key: value}} on top of the YAML; `callbacks`: extra Lightning callbacks."""
+    `overrides`: {section: {key: value}} on top of the YAML; `callbacks`: extra Lightning callbacks;
+    `overwrite`: replace an earlier run in the same folder (without it or `resume`, such a folder is an
+    error, raised before anything is built)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     cfg = resolve_config(config_path, overrides)
+    run_dir = run_dir_of(cfg, config_path)
+    if rank_zero_only.rank == 0:  # DDP workers relaunched from this script find the folder rank 0 claimed
+        claim_run_folder(run_dir, resume, overwrite)
     run = dict(cfg["run"])
     threads = run.get("threads")
     module, datamodule, mcfg, dcfg = build(cfg)
@@ -210,7 +254,6 @@ def train(
         init_trainable(module.model, run["init_from"])
     if rank_zero_only.rank == 0:  # DDP workers relaunched from this script must not write concurrently
         prepare_instructions(dcfg)
-    run_dir = run_dir_of(cfg, config_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -237,10 +280,10 @@ def train(
                 torch.set_num_threads(int(threads))
             for fill in fill_caches(module.model, datamodule.tokenizer, dcfg, trainer.strategy.root_device):
                 print(fill)
-            if resume:  # continuing in the same folder is intended; Lightning's CSVLogger would delete
+            if resume or overwrite:  # the folder is this run's, or was emptied of the earlier run's files
                 warnings.filterwarnings("ignore", message=r".*directory .* exists and is not empty.*")
-                if (run_dir / "metrics.csv").is_file():
-                    previous = _read_metrics(run_dir / "metrics.csv"), _checkpoint_step(resume)
+            if resume and (run_dir / "metrics.csv").is_file():  # CSVLogger would replace it: merged below
+                previous = _read_metrics(run_dir / "metrics.csv"), _checkpoint_step(resume)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     if trainer.global_rank == 0:
         if previous is not None:
