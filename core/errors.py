@@ -22,3 +22,8 @@ class WarehouseError(UserError):
 
 class RunFolderError(UserError):
     """A training run's folder already holds another run's checkpoints: continue it or replace it, never mix."""
+
+
+class ExportError(UserError):
+    """An exported model folder cannot be written or read safely (a folder that is not an export, a
+    file that differs from what the export recorded)."""

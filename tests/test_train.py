@@ -329,6 +329,53 @@ def test_export_round_trip_and_generate_answer(workspace, full_run, tmp_path):
     assert find_checkpoint(run_dir).name == "last.ckpt"
 
 
+def test_export_is_all_or_nothing_and_a_damaged_one_is_refused(workspace, full_run, tmp_path, monkeypatch):
+    """Attack the export folder: a crash mid-export leaves the earlier export whole and loadable; a file
+    changed afterwards is refused on load, naming it; a folder that is not an export is never written to."""
+    import trainer.export as export
+    from core.errors import ExportError
+
+    run_dir, _ = full_run
+    other = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    other["state_dict"] = {k: v + 1 for k, v in other["state_dict"].items()}  # another model than the run's
+    torch.save(other, tmp_path / "other.ckpt")
+    out = export_run(tmp_path / "other.ckpt", tmp_path / "export")
+    (out / "left-by-an-older-export.txt").write_text("x", encoding="utf-8")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):  # the weights are written by now: a kill here once left a mixed folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "tokenizer_description", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run_dir, out)
+    monkeypatch.undo()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "other.ckpt"]  # no partial folder left
+    load_exported(out)
+
+    assert export_run(run_dir, out) == out  # a re-export replaces the folder whole: no stale file survives
+    assert not (out / "left-by-an-older-export.txt").exists()
+    assert set(json.loads((out / "export.json").read_text())["files"]) == {
+        "moai_config.json",
+        "data_config.json",
+        "weights.safetensors",
+        "tokenizer.json",
+    }
+    weights = bytearray((out / "weights.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (out / "weights.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ExportError, match=r"damaged: weights\.safetensors"):
+        load_exported(out)
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(ExportError, match="not a moai-forge export"):
+        export_run(run_dir, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_strategy_from_yaml():
     from lightning.pytorch.strategies import DDPStrategy
 

@@ -11,7 +11,12 @@ The folder holds
     data_config.json     the DataConfig (image size and normalisation, token limits, tokenizer choice)
     weights.safetensors  the trained parameters (compressor, mixers, gates) plus the projector
     tokenizer.json       {"kind": "byte"} or {"kind": "hf", "path": "tokenizer"} (files saved beside it)
-    export.json          format, source checkpoint and step, and the backbone fingerprints
+    export.json          format, source checkpoint and step, the backbone fingerprints, and the SHA-256 of
+                         every other file (written last; load_exported checks them)
+
+The folder is written beside its destination and moved into place whole, so a crash or a kill mid-export
+leaves the earlier export (or none) readable, never a mix of two; a destination that exists and is not an
+export is refused before anything is read.
 
 The frozen backbone is not copied. Hub/local backbones are reloaded from their id; the tiny random
 ones (tiny-llama, tiny-clip, ...) are rebuilt from config and seed, which is deterministic (MoAI.__init__
@@ -21,13 +26,18 @@ alters the random init is caught on load instead of silently giving a different 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import uuid
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from core.errors import ExportError
 from trainer.inputs import (
     ByteTokenizer,
     DataConfig,
@@ -126,6 +136,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the folder described in the module docstring from a run folder or checkpoint file."""
     from safetensors.torch import save_file
 
+    out = Path(out_dir)
+    if out.exists() and not _replaceable(out):
+        raise ExportError(
+            f"{out} exists and is not a moai-forge export (no {FORMAT} export.json in it), so exporting there "
+            "would mix this model's files with what it holds. Give an empty or new folder as the destination."
+        )
     path = find_checkpoint(run_dir)
     from trainer.config import data_config
 
@@ -133,23 +149,66 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     model = _model_from_checkpoint(ckpt)
     mcfg = model.config
     dcfg = data_config(dict((ckpt.get("moai_run_config") or {}).get("data") or {}), mcfg, model.image_size)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    exported_cfg = dict(asdict(mcfg), projector_weights=None)
-    (out / "moai_config.json").write_text(json.dumps(exported_cfg, indent=2), encoding="utf-8")
-    (out / "data_config.json").write_text(json.dumps(asdict(dcfg), indent=2), encoding="utf-8")
-    save_file(_exported_state(model), str(out / "weights.safetensors"), metadata={"format": FORMAT})
-    description = tokenizer_description(make_tokenizer(dcfg.tokenizer, mcfg), out)
-    (out / "tokenizer.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
-    meta = {
-        "format": FORMAT,
-        "checkpoint": str(path),
-        "global_step": ckpt.get("global_step"),
-        "parameters": model.parameter_counts(),
-        "backbone_fingerprints": backbone_fingerprints(model),
-    }
-    (out / "export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        exported_cfg = dict(asdict(mcfg), projector_weights=None)
+        (tmp / "moai_config.json").write_text(json.dumps(exported_cfg, indent=2), encoding="utf-8")
+        (tmp / "data_config.json").write_text(json.dumps(asdict(dcfg), indent=2), encoding="utf-8")
+        save_file(_exported_state(model), str(tmp / "weights.safetensors"), metadata={"format": FORMAT})
+        description = tokenizer_description(make_tokenizer(dcfg.tokenizer, mcfg), tmp)
+        (tmp / "tokenizer.json").write_text(json.dumps(description, indent=2), encoding="utf-8")
+        meta = {
+            "format": FORMAT,
+            "checkpoint": str(path),
+            "global_step": ckpt.get("global_step"),
+            "parameters": model.parameter_counts(),
+            "backbone_fingerprints": backbone_fingerprints(model),
+            "files": _file_digests(tmp),
+        }
+        (tmp / "export.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _replaceable(out: Path) -> bool:
+    """An empty folder or an earlier export may be replaced; anything else might be someone's files."""
+    if not out.is_dir():
+        return False
+    if not any(out.iterdir()):
+        return True
+    try:
+        return json.loads((out / "export.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """{relative path: SHA-256} of every file under `folder` except export.json."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != "export.json":
+            out[p.relative_to(folder).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` to `out`, replacing an earlier export there; each step is a rename
+    on one filesystem, so `out` is at any moment the old export, the new one, or briefly absent."""
+    for f in tmp.rglob("*"):  # contents on disk before the renames that make them visible
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
@@ -160,6 +219,17 @@ def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
     meta = json.loads((out / "export.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{out} is not a {FORMAT} export (format {meta.get('format')!r})")
+    changed = [
+        name
+        for name, digest in meta.get("files", {}).items()
+        if not (out / name).is_file() or hashlib.sha256((out / name).read_bytes()).hexdigest() != digest
+    ]
+    if changed:
+        raise ExportError(
+            f"the export {out} is damaged: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
+            "missing or not the file the export wrote (its SHA-256 differs from export.json's). Nothing was "
+            "loaded; export the run again (`moai export-model`)."
+        )
     mcfg = model_config_from_dict(json.loads((out / "moai_config.json").read_text(encoding="utf-8")))
     model = MoAI(mcfg)
     if verify_backbone:
