@@ -376,6 +376,31 @@ def test_export_is_all_or_nothing_and_a_damaged_one_is_refused(workspace, full_r
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+def test_the_panoptic_map_is_painted_once_per_image_and_equals_a_fresh_one(workspace, full_run, monkeypatch):
+    """Painting MoAI's map decodes every segment's full-size mask; with data.image_cache it is done once
+    per image (the sample's 32 questions ask about 13 images), and the kept map is the one painted anew."""
+    import trainer.data as data_module
+    from trainer.config import resolve_config
+    from trainer.inputs import image_tensor
+    from trainer.train import build
+
+    _, dm, _, dcfg = build(resolve_config(workspace["config"]))
+    dm.setup("fit")
+    ds, painted = dm.train_set, []
+    paint = data_module.aux_map_image
+    monkeypatch.setattr(
+        data_module, "aux_map_image", lambda records, size: painted.append(1) or paint(records, size)
+    )
+    images = {r["image_id"] for r in ds.rows}
+    assert len(ds) > len(images) and ds.aux_maps  # the sample's maps have segments to decode
+    for _ in range(2):  # two epochs
+        maps = [ds[i]["aux_pixel_values"] for i in range(len(ds))]
+    assert len(painted) == len(images)
+    for row, got in zip(ds.rows, maps, strict=True):
+        fresh = paint(ds.aux_maps.get(row["image_id"], []), dcfg.image_size)
+        assert torch.equal(got, image_tensor(fresh, dcfg.image_mean, dcfg.image_std))
+
+
 def test_strategy_from_yaml():
     from lightning.pytorch.strategies import DDPStrategy
 

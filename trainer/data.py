@@ -105,17 +105,31 @@ class InstructionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _image(self, row) -> torch.Tensor:
-        path = self.image_dirs[row["image_split"]] / row["file_name"]
-        array = self._cache.get(path)
+    def _cached(self, key, make) -> np.ndarray:
+        """The uint8 array under `key`, made once and kept while `data.image_cache` allows (LRU)."""
+        array = self._cache.get(key)
         if array is None:
-            array = load_image(path, self.cfg.image_size)
+            array = make()
             if self.cfg.image_cache > 0:
-                self._cache[path] = array
+                self._cache[key] = array
                 while len(self._cache) > self.cfg.image_cache:
                     self._cache.popitem(last=False)
         else:
-            self._cache.move_to_end(path)
+            self._cache.move_to_end(key)
+        return array
+
+    def _image(self, row) -> torch.Tensor:
+        path = self.image_dirs[row["image_split"]] / row["file_name"]
+        array = self._cached(path, lambda: load_image(path, self.cfg.image_size))
+        return image_tensor(array, self.cfg.image_mean, self.cfg.image_std)
+
+    def _aux_map(self, row) -> torch.Tensor:
+        """MoAI's panoptic-map image of the row's image: painting it decodes every segment's full-size
+        mask, so it is kept like a decoded image (one per image, whichever question asks)."""
+        records = self.aux_maps.get(row["image_id"], [])
+        array = self._cached(
+            ("aux_map", row["image_id"]), lambda: aux_map_image(records, self.cfg.image_size)
+        )
         return image_tensor(array, self.cfg.image_mean, self.cfg.image_std)
 
     def __getitem__(self, index: int) -> dict:
@@ -131,8 +145,7 @@ class InstructionDataset(Dataset):
         else:
             image = {"pixel_values": self._image(row)}
         if self.aux_maps is not None and cfg.use_aux:
-            array = aux_map_image(self.aux_maps.get(row["image_id"], []), cfg.image_size)
-            image["aux_pixel_values"] = image_tensor(array, cfg.image_mean, cfg.image_std)
+            image["aux_pixel_values"] = self._aux_map(row)
         return {
             "index": index,
             "prompt": prompt,

@@ -315,7 +315,8 @@ class DataConfig:
     max_aux_tokens: int = 256
     use_aux: bool = True  # False: the aux input is removed (the fair ablation keeps everything else)
     tokenizer: str = "auto"  # auto: bytes for tiny-* LLMs, else the LLM's tokenizer | byte | hub id / folder
-    image_cache: int = 0  # keep this many decoded, resized images in memory (per worker); 0: decode each time
+    # keep this many decoded, resized images (photos and painted panoptic maps) in memory, per worker; 0: none
+    image_cache: int = 0
     # Read the warehouse's trainer caches (trainer/cache.py; `moai train` fills them first, `moai cache`
     # by hand): aux token ids from `aux_tokens` instead of tokenizing, and the frozen vision tower's
     # features from `vision_features` instead of decoding images (batches then carry image_features).
