@@ -349,10 +349,25 @@ def test_export_is_all_or_nothing_and_a_damaged_one_is_refused(workspace, full_r
     monkeypatch.setattr(export, "tokenizer_description", crash)
     with pytest.raises(KeyboardInterrupt):
         export_run(run_dir, out)
-    monkeypatch.undo()
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "other.ckpt"]  # no partial folder left
     load_exported(out)
+
+    # what a kill -9 leaves: a dead process's partial folder, and (killed between the two renames) the
+    # earlier export moved aside with nothing in its place. The next export clears the one and restores the
+    # other before it starts (it crashes here too, so what it restored is what is left).
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    partial = tmp_path / f".export.partial-{int(gone.stdout)}-0000"
+    partial.mkdir()
+    (partial / "weights.safetensors").write_bytes(b"half")
+    out.rename(tmp_path / ".export.old-0000")
+    with pytest.raises(KeyboardInterrupt):
+        export_run(run_dir, out)
+    monkeypatch.undo()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "other.ckpt"]
 
     assert export_run(run_dir, out) == out  # a re-export replaces the folder whole: no stale file survives
     assert not (out / "left-by-an-older-export.txt").exists()

@@ -15,7 +15,8 @@ The folder holds
                          every other file (written last; load_exported checks them)
 
 The folder is written beside its destination and moved into place whole, so a crash or a kill mid-export
-leaves the earlier export (or none) readable, never a mix of two; a destination that exists and is not an
+leaves the earlier export (or none) readable, never a mix of two; the next export removes what a killed
+one left and moves back an earlier export a kill left aside. A destination that exists and is not an
 export is refused before anything is read.
 
 The frozen backbone is not copied. Hub/local backbones are reloaded from their id; the tiny random
@@ -150,7 +151,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     mcfg = model.config
     dcfg = data_config(dict((ckpt.get("moai_run_config") or {}).get("data") or {}), mcfg, model.image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    _clean_leftovers(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         exported_cfg = dict(asdict(mcfg), projector_weights=None)
@@ -184,6 +186,31 @@ def _replaceable(out: Path) -> bool:
         return json.loads((out / "export.json").read_text(encoding="utf-8")).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _clean_leftovers(out: Path) -> None:
+    """What a kill -9 mid-export leaves beside `out`: the partial folders of processes that are gone are
+    removed; an earlier export moved aside and never replaced (a kill between the two renames of
+    `_publish`) is moved back, so it is not lost."""
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out.exists():
+        olds.pop().rename(out)
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _file_digests(folder: Path) -> dict[str, str]:
