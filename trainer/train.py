@@ -205,7 +205,9 @@ def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool =
         raise RunFolderError(
             "--resume continues a run and --overwrite deletes it: give one of them, not both"
         )
-    found = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    from trainer.export import find_checkpoint
+
+    found = list((run_dir / "checkpoints").glob("*.ckpt"))
     if resume or not found:
         return
     if overwrite:
@@ -216,12 +218,13 @@ def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool =
             elif path.exists():
                 path.unlink()
         return
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found[-1].stat().st_mtime))
+    latest = find_checkpoint(run_dir)  # what an export or run.init_from of this folder would read
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(latest.stat().st_mtime))
     raise RunFolderError(
-        f"the run folder {run_dir} already holds an earlier run's checkpoints ({len(found)} file(s), the newest "
-        f"{found[-1].name}, written {when}). A new run there would leave them beside its own, and a later "
+        f"the run folder {run_dir} already holds an earlier run's checkpoints ({len(found)} file(s), the latest "
+        f"{latest.name}, written {when}). A new run there would leave them beside its own, and a later "
         f"export or run.init_from could read the earlier weights. To continue that run exactly, pass "
-        f"--resume {found[-1]}; to replace it, pass --overwrite (`make train TRAIN_ARGS=--overwrite`; it "
+        f"--resume {latest}; to replace it, pass --overwrite (`make train TRAIN_ARGS=--overwrite`; it "
         "deletes that run's checkpoints, metrics, logs and plots, nothing else); to keep it, give this run "
         "another run.name or run.out."
     )
