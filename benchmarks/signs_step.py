@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.signs import ARMS, CONFIG, DATASET, SEEDS, corpus_key
+from benchmarks.train_step import training_step
 from corpora.resolve import resolve_corpus
 from trainer.config import resolve_config
 from trainer.train import build, prepare_instructions
@@ -52,9 +53,7 @@ def step_seconds(cfg: dict, steps: int) -> tuple[float, int]:
     for step in range(steps + 1):
         batch = next(batches)
         t0 = time.perf_counter()
-        model.forward_batch(batch, step=step, return_logits=False).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(model, optimizer, batch, step)
         times.append(time.perf_counter() - t0)
     return statistics.median(times[1:]), sum(p.numel() for p in params)
 

@@ -30,7 +30,8 @@ from verbalize.aux import verbalize_row
 from warehouse.store import Warehouse
 
 
-def _step(model, optimizer, batch, step):
+def training_step(model, optimizer, batch, step: int) -> float:
+    """One optimizer step on `batch` (forward, backward, update); returns the loss."""
     out = model.forward_batch(batch, step=step, return_logits=False)
     out.loss.backward()
     optimizer.step()
@@ -72,7 +73,7 @@ def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Pat
         t0 = time.perf_counter()
         batch = next(batches)
         t1 = time.perf_counter()
-        _step(model, optimizer, batch, step)
+        training_step(model, optimizer, batch, step)
         waits.append(t1 - t0)
         totals.append(time.perf_counter() - t0)
 
@@ -102,7 +103,7 @@ def run(steps: int = 20, profile_name: str = "offline-demo", out_dir: Path = Pat
         for b, a in enumerate(aux):
             ids[b, : len(a)], mask[b, : len(a)] = torch.tensor(a, dtype=torch.long), 1
         batch = {**batch, "aux_input_ids": ids, "aux_attention_mask": mask}
-        _step(model, optimizer, batch, step)
+        training_step(model, optimizer, batch, step)
         online.append(time.perf_counter() - t0)
 
     step_ms = 1000 * statistics.median(totals)
