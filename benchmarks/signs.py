@@ -65,7 +65,8 @@ TARGETS = {
 # The headline trains each arm in two runs (stage_configs): reading questions first, then every type.
 STAGE1 = {"types": ["read"], "steps": 500}
 # Every configuration evaluated while choosing the shipped one, all on `val` (python -m benchmarks signs
-# --split val), never on test. Appended by hand after each val run; results.json repeats it.
+# --split val), never on test. Appended by hand after each val run; results.json repeats it. Entries that
+# name a branch (exp/...) ran code from experiment branches that were not kept: not in this repository.
 CONFIG_SEARCH: list[dict] = [
     # full val runs: `python -m benchmarks.signs --split val --seeds 0 ...` (seed 0, both arms); accuracies
     # in %, "with/without" aux; train_eval_s as measured (the machine also ran other jobs at times: load)
@@ -144,7 +145,7 @@ CONFIG_SEARCH: list[dict] = [
             ("p10-aux-in-prompt", "600 steps, aux text in the prompt (diagnostic, no aux path)", 47.7),
             ("p11-aux-in-prompt-lr", "800 steps, p10 + lr 2e-3, clip 1", 50.0),
             ("p12-aux-in-prompt-2000", "2000 steps, p11 (val 50% at every 250-step check)", 48.0),
-            # Session 6: a "match detector" at init (code on branch exp/has-text-match, not on main): the
+            # Session 6: a "match detector" at init (code on branch exp/has-text-match, not kept): the
             # language aux expert's Q and K start as the same scaled orthogonal map (W_q^T W_k ~ c·I), a
             # learned null "sink" latent, and the mixer reading every aux token (no compressor). 600 steps.
             (
