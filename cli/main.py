@@ -120,6 +120,10 @@ def export_coco(a) -> int:
 
 # ------------------------------------------------------------------------------ the training half
 def train(a) -> int:
+    from trainer.config import check_before_training
+
+    # a config error or a used run folder is refused before the trainer's imports (Lightning: ~8 s)
+    check_before_training(a.config, a.resume, a.overwrite)
     from trainer.train import train
 
     print(f"run folder: {train(a.config, resume=a.resume, overwrite=a.overwrite)}")

@@ -69,3 +69,33 @@ def test_eval_without_a_model_says_how_to_get_one(tmp_path):
     result = moai("eval", "--model", str(tmp_path / "nothing"))
     _assert_clean_failure(result)
     assert "moai export-model" in result.stderr
+
+
+def test_moai_train_refuses_a_config_typo_and_a_used_run_folder_before_lightning_loads(tmp_path):
+    """The two mistakes `moai train` can catch from the YAML and the disk alone are refused before the
+    trainer's imports (Lightning alone takes ~8 s here): one clean paragraph, nothing written."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "train-tiny.yaml").read_text(encoding="utf-8"))
+    cfg["run"] = {**cfg.get("run", {}), "out": str(tmp_path / "runs"), "name": "used"}
+    typo = {**cfg, "model": {**cfg["model"], "mixer_rnak": 8}}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(typo), encoding="utf-8")
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    (tmp_path / "runs" / "used" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "used" / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
+    probe = (
+        "import sys; from cli.main import main; rc = main(sys.argv[1:]); "
+        "print('lightning loaded' if 'lightning' in sys.modules else 'lightning not loaded'); sys.exit(rc)"
+    )
+    for config, expected in [("typo.yaml", "mixer_rank"), ("ok.yaml", "already holds")]:
+        result = subprocess.run(
+            [sys.executable, "-c", probe, "train", "--config", str(tmp_path / config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        _assert_clean_failure(result)
+        assert expected in result.stderr
+        assert result.stdout.strip() == "lightning not loaded"
+    assert [p.name for p in (tmp_path / "runs" / "used").rglob("*")] == ["checkpoints", "last.ckpt"]

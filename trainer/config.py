@@ -4,11 +4,14 @@ reader (core/config.py), so a typo or an impossible value is one line naming the
 from __future__ import annotations
 
 import inspect
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.config import above, at_least, between, check_mapping, fields_of, one_of, read_yaml, shown, typed
+from core.errors import RunFolderError
 from core.paths import config_file
 from trainer.inputs import PROMPT_FORMATS, DataConfig
 from trainer.model import AUX_ENCODERS, EXPERT_INITS, MODES, PRESETS, MoAIConfig
@@ -95,9 +98,12 @@ def load_config(path: str | Path) -> dict[str, Any]:
     return check_config(read_yaml(path), shown(path))
 
 
-def check_config(cfg: dict[str, Any], where: str = "training config") -> dict[str, Any]:
+def check_config(
+    cfg: dict[str, Any], where: str = "training config", lightning: bool = True
+) -> dict[str, Any]:
     """Refuse what a training config cannot mean (one line naming `where` and the key); fill in empty
-    sections. The sections stay plain dicts: they are saved as given in run folders and checkpoints."""
+    sections. The sections stay plain dicts: they are saved as given in run folders and checkpoints.
+    `lightning=False` leaves out the `trainer` section, the one check that imports Lightning (~8 s)."""
     check_mapping(cfg, fields_of(TrainConfig), where)
     for section in SECTIONS:
         if cfg.get(section) is None:  # absent, or every key commented out
@@ -106,6 +112,8 @@ def check_config(cfg: dict[str, Any], where: str = "training config") -> dict[st
     data_config(cfg["data"], mcfg, where=where)
     typed(OptimConfig, cfg["optim"], where, "optim", OPTIM_CHECKS)
     typed(RunConfig, cfg["run"], where, "run", RUN_CHECKS)
+    if not lightning:
+        return cfg
     import lightning.pytorch as pl
 
     trainer_keys = list(inspect.signature(pl.Trainer.__init__).parameters)[1:]  # Lightning's own arguments
@@ -148,3 +156,51 @@ def resolve_config(config_path: str | Path, overrides: dict | None = None) -> di
 def run_dir_of(cfg: dict, config_path: str | Path) -> Path:
     run = {"name": Path(config_path).stem, "out": "outputs/train", **cfg["run"]}
     return Path(run["out"]) / run["name"]
+
+
+RUN_FILES = ("checkpoints", "tb", "metrics.csv", "hparams.yaml", "config.yaml", "loss.png", "routing.png")
+
+
+def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool = False) -> None:
+    """Refuse to start a new run in a folder holding an earlier run's checkpoints, unless it is resumed or
+    replaced. Lightning would keep the old files beside the new ones (versioning its own as last-v1.ckpt),
+    and whatever later reads the folder could take the earlier run's weights for this one's."""
+    if resume and overwrite:
+        raise RunFolderError(
+            "--resume continues a run and --overwrite deletes it: give one of them, not both"
+        )
+    from trainer.export import find_checkpoint
+
+    found = list((run_dir / "checkpoints").glob("*.ckpt"))
+    if resume or not found:
+        return
+    if overwrite:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    latest = find_checkpoint(run_dir)  # what an export or run.init_from of this folder would read
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(latest.stat().st_mtime))
+    raise RunFolderError(
+        f"the run folder {run_dir} already holds an earlier run's checkpoints ({len(found)} file(s), the latest "
+        f"{latest.name}, written {when}). A new run there would leave them beside its own, and a later "
+        f"export or run.init_from could read the earlier weights. To continue that run exactly, pass "
+        f"--resume {latest}; to replace it, pass --overwrite (`make train TRAIN_ARGS=--overwrite`; it "
+        "deletes that run's checkpoints, metrics, logs and plots, nothing else); to keep it, give this run "
+        "another run.name or run.out."
+    )
+
+
+def check_before_training(
+    config_path: str | Path, resume: str | None = None, overwrite: bool = False
+) -> None:
+    """What `moai train` refuses before Lightning is imported (seconds sooner): a config error outside its
+    `trainer` section, and a run folder holding an earlier run's checkpoints. Deletes nothing: with
+    --overwrite, `train` empties the folder once it starts."""
+    path = config_file(config_path)
+    cfg = check_config(read_yaml(path), shown(path), lightning=False)
+    if resume and overwrite or not overwrite:  # so claim_run_folder refuses here, and never deletes
+        claim_run_folder(run_dir_of(cfg, config_path), resume, overwrite)

@@ -35,8 +35,6 @@ folder and answers questions with it.
 from __future__ import annotations
 
 import math
-import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,9 +43,8 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from core.errors import RunFolderError
 from trainer.cache import CacheFill, fill_caches, vision_encoder_id
-from trainer.config import data_config, model_config, resolve_config, run_dir_of
+from trainer.config import claim_run_folder, data_config, model_config, resolve_config, run_dir_of
 from trainer.data import WarehouseDataModule
 from trainer.inputs import DataConfig, make_tokenizer
 from trainer.model import EXPERT_NAMES, SIDES, MoAI, MoAIConfig
@@ -194,42 +191,6 @@ def make_strategy(value: Any, step1: bool = False) -> Any:
 
 
 # what a training run writes into its folder (CSVLogger adds hparams.yaml); --overwrite removes these only
-RUN_FILES = ("checkpoints", "tb", "metrics.csv", "hparams.yaml", "config.yaml", "loss.png", "routing.png")
-
-
-def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool = False) -> None:
-    """Refuse to start a new run in a folder holding an earlier run's checkpoints, unless it is resumed or
-    replaced. Lightning would keep the old files beside the new ones (versioning its own as last-v1.ckpt),
-    and whatever later reads the folder could take the earlier run's weights for this one's."""
-    if resume and overwrite:
-        raise RunFolderError(
-            "--resume continues a run and --overwrite deletes it: give one of them, not both"
-        )
-    from trainer.export import find_checkpoint
-
-    found = list((run_dir / "checkpoints").glob("*.ckpt"))
-    if resume or not found:
-        return
-    if overwrite:
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        return
-    latest = find_checkpoint(run_dir)  # what an export or run.init_from of this folder would read
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(latest.stat().st_mtime))
-    raise RunFolderError(
-        f"the run folder {run_dir} already holds an earlier run's checkpoints ({len(found)} file(s), the latest "
-        f"{latest.name}, written {when}). A new run there would leave them beside its own, and a later "
-        f"export or run.init_from could read the earlier weights. To continue that run exactly, pass "
-        f"--resume {latest}; to replace it, pass --overwrite (`make train TRAIN_ARGS=--overwrite`; it "
-        "deletes that run's checkpoints, metrics, logs and plots, nothing else); to keep it, give this run "
-        "another run.name or run.out."
-    )
-
-
 def train(
     config_path: str | Path,
     resume: str | None = None,
