@@ -1,5 +1,6 @@
 """Training YAML: the sections (model, data, optim, trainer, run) read through the one strict config
-reader (core/config.py), so a typo or an impossible value is one line naming the file and the key."""
+reader (core/config.py), so a typo or an impossible value is one line naming the file and the key; and
+the run folder it names, which one run owns (claim_run_folder)."""
 
 from __future__ import annotations
 
