@@ -455,6 +455,38 @@ CONFIG_SEARCH: list[dict] = [
         "CHOSEN (the shipped defaults since session 13): its first test run failed on a stale stage-1 checkpoint "
         "(fixed in df68394), so test was scored once per seed from a fresh clone in session 13",
     },
+    # Session 14: does a pretrained LLM bring the comparison has_text needs? SmolLM2-135M, frozen, in place
+    # of the tiny LLM (`python -m benchmarks.signs_probe --preset smollm2-135m --type T --steps 400`: the
+    # shipped config otherwise, so its 4 latents and plain prompt; one core each, two probes side by side,
+    # ~7 s a step). Accuracy on every val question of the type, greedy answers.
+    {
+        "name": "f1-smollm2-has_text-default-init",
+        "changed": "probe: has_text only, SmolLM2-135M frozen, PyTorch's default expert init (MoAI's)",
+        "val": None,
+        "note": "stopped at step 240 of 400: train loss at chance from step 30 on (0.32-0.44, mostly 0.34-0.38; "
+        "chance is ln 2 / 2: yes or no, then EOS)",
+    },
+    {
+        "name": "f2-smollm2-read-default-init",
+        "changed": "probe: read only, SmolLM2-135M frozen, default expert init",
+        "val": None,
+        "note": "stopped at step 230 of 400 with f1: train loss 9.1 at step 10, 3.4-3.9 over steps 160-230",
+    },
+    {
+        "name": "f3-smollm2-has_text-unit-init",
+        "changed": "probe: has_text only, 400 steps, SmolLM2-135M frozen, --set model.expert_init=unit",
+        "val": {"has_text": [52.0, None]},
+        "note": "train loss at chance from step 30 on (0.33-0.51, mostly 0.34-0.38); 2,774 s of training: a pretrained LLM alone does "
+        "not start the comparison through MoAI's path in 12.8k examples, as the tiny one did not (p1-p12)",
+    },
+    {
+        "name": "f4-smollm2-read-unit-init",
+        "changed": "probe: read only, 400 steps, SmolLM2-135M frozen, --set model.expert_init=unit",
+        "val": {"read": [25.2, None]},
+        "note": "206 val questions; train loss 1.1-1.8 over steps 340-370 (the tiny LLM's read stage: 2.4-3.2 "
+        "at 370-490); numbers come out with their digits reordered (790 for 970): the order-free compressor. "
+        "2,575 s of training",
+    },
 ]
 
 

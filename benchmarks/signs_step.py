@@ -38,6 +38,21 @@ DEFAULT_IN_MAKE_BENCH = False
 TINY_ONLY = ("tiny_llm", "train_llm", "freeze_embeddings", "mixer_rank", "mixer_every", "expert_init")
 
 
+def with_preset(cfg: dict, preset: str) -> dict:
+    """`cfg` with its LLM replaced by `preset`'s: the options only a tiny random LLM takes dropped, the
+    LLM's own tokenizer, no caches (none was filled for it)."""
+    other = copy.deepcopy(cfg)
+    other["model"] = {k: v for k, v in other["model"].items() if k not in TINY_ONLY}
+    other["model"]["preset"] = preset
+    other["data"] = {
+        **other["data"],
+        "tokenizer": "auto",
+        "aux_token_cache": False,
+        "vision_feature_cache": False,
+    }
+    return other
+
+
 def step_seconds(cfg: dict, steps: int) -> tuple[float, int]:
     """Median seconds of `steps` training steps of the model `cfg` builds (after one warm-up), and its
     trainable parameter count."""
@@ -74,15 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"signs_step: no signs warehouse at {warehouse}: run `make signs-benchmark` first")
     base = resolve_config(CONFIG)
     base["data"] = {**base["data"], "warehouse": str(warehouse)}
-    other = copy.deepcopy(base)
-    other["model"] = {k: v for k, v in other["model"].items() if k not in TINY_ONLY}
-    other["model"]["preset"] = args.preset
-    other["data"] = {
-        **other["data"],
-        "tokenizer": "auto",
-        "aux_token_cache": False,
-        "vision_feature_cache": False,
-    }
+    other = with_preset(base, args.preset)
 
     load = os.getloadavg()[0]
     tiny_s, tiny_params = step_seconds(base, args.steps)

@@ -84,6 +84,25 @@ def test_the_faithful_arm_departs_from_moai_only_where_it_says(tmp_path):
     assert signs.answering_device(cfg) == expected
 
 
+def test_a_probe_trains_one_type_with_the_preset_llm_swapped_in(tmp_path):
+    """benchmarks.signs_probe: the shipped config, seed 0, trained on one question type only; with a
+    preset, the tiny-LLM-only options are gone and the LLM's own tokenizer is used, uncached."""
+    from benchmarks.signs_probe import probe_config
+    from benchmarks.signs_step import TINY_ONLY, with_preset
+    from trainer.config import check_config, resolve_config
+
+    base = resolve_config(signs.CONFIG)
+    swapped = with_preset(base, "smollm2-135m")
+    assert base["model"]["preset"] == "tiny" and "train_llm" in base["model"], "the shared config is kept"
+    assert swapped["model"]["preset"] == "smollm2-135m" and not set(TINY_ONLY) & set(swapped["model"])
+    assert swapped["data"]["tokenizer"] == "auto" and not swapped["data"]["aux_token_cache"]
+    cfg = probe_config(swapped, "has_text", 40, tmp_path / "wh", tmp_path / "out", use_aux=False)
+    assert cfg["data"]["train_types"] == ["has_text"] and cfg["trainer"]["max_steps"] == 40
+    assert cfg["seed_everything"] == cfg["model"]["seed"] == cfg["data"]["seed"] == 0
+    assert cfg["model"]["use_aux"] is False and cfg["run"]["out"] == str(tmp_path / "out")
+    check_config(cfg, "probe", lightning=False)  # a config `moai train` accepts
+
+
 def test_oracle_aux_is_the_drawn_texts_through_the_verbalizer():
     drawn = [
         {"text": "apple", "bbox": [200, 10, 60, 30]},
@@ -254,10 +273,10 @@ def test_shuffled_aux_never_gives_a_scene_its_own_text(tmp_path, monkeypatch):
 def test_plain_make_bench_skips_the_minutes_long_signs_run(monkeypatch):
     ran = []
     monkeypatch.setattr(signs, "main", lambda argv: ran.append("signs") or 0)
-    named_only = {"signs", "signs_step"}  # minutes long / needs the signs benchmark's warehouse
+    named_only = {"signs", "signs_step", "signs_probe"}  # minutes long / need the signs warehouse
     defaults = [n for n in bench_main.benchmark_names() if n not in named_only]
     assert named_only <= set(bench_main.benchmark_names()) and defaults
-    for name in [*defaults, "signs_step"]:
+    for name in [*defaults, "signs_step", "signs_probe"]:
         monkeypatch.setattr(f"benchmarks.{name}.main", lambda argv, n=name: ran.append(n) or 0)
     assert bench_main.main([]) == 0
     assert ran == defaults
