@@ -159,6 +159,21 @@ def run_dir_of(cfg: dict, config_path: str | Path) -> Path:
     return Path(run["out"]) / run["name"]
 
 
+def find_checkpoint(run: str | Path) -> Path:
+    """A checkpoint file, or a run folder's newest `checkpoints/last*.ckpt` (else its newest checkpoint).
+    A second training run into the same folder leaves the first one's `last.ckpt` and writes its own as
+    `last-v1.ckpt` (Lightning's versioning), so the newest one is the run's, not `last.ckpt`."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
+    found = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = found or sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {folder}")
+    return found[-1]
+
+
 RUN_FILES = ("checkpoints", "tb", "metrics.csv", "hparams.yaml", "config.yaml", "loss.png", "routing.png")
 
 
@@ -170,8 +185,6 @@ def claim_run_folder(run_dir: Path, resume: str | None = None, overwrite: bool =
         raise RunFolderError(
             "--resume continues a run and --overwrite deletes it: give one of them, not both"
         )
-    from trainer.export import find_checkpoint
-
     found = list((run_dir / "checkpoints").glob("*.ckpt"))
     if resume or not found:
         return

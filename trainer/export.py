@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from core.errors import ExportError
+from trainer.config import find_checkpoint
 from trainer.inputs import (
     ByteTokenizer,
     DataConfig,
@@ -52,21 +53,6 @@ from trainer.inputs import (
 from trainer.model import MoAI, MoAIConfig, backbone_fingerprints
 
 FORMAT = "moai-forge-export/1"
-
-
-def find_checkpoint(run: str | Path) -> Path:
-    """A checkpoint file, or a run folder's newest `checkpoints/last*.ckpt` (else its newest checkpoint).
-    A second training run into the same folder leaves the first one's `last.ckpt` and writes its own as
-    `last-v1.ckpt` (Lightning's versioning), so the newest one is the run's, not `last.ckpt`."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    folder = run / "checkpoints" if (run / "checkpoints").is_dir() else run
-    found = sorted(folder.glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    found = found or sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {folder}")
-    return found[-1]
 
 
 def _read_checkpoint(path: Path) -> dict:
