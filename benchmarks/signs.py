@@ -458,7 +458,8 @@ CONFIG_SEARCH: list[dict] = [
     # Session 14: does a pretrained LLM bring the comparison has_text needs? SmolLM2-135M, frozen, in place
     # of the tiny LLM (`python -m benchmarks.signs_probe --preset smollm2-135m --type T --steps 400`: the
     # shipped config otherwise, so its 4 latents and plain prompt; one core each, two probes side by side,
-    # ~7 s a step). Accuracy on every val question of the type, greedy answers.
+    # ~7 s a step). Accuracy on every val question of the type, greedy answers. They ran from a one-off
+    # script whose training config that command reproduces key for key.
     {
         "name": "f1-smollm2-has_text-default-init",
         "changed": "probe: has_text only, SmolLM2-135M frozen, PyTorch's default expert init (MoAI's)",

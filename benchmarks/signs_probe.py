@@ -7,8 +7,9 @@ Run after `make signs-benchmark` (it reads that run's warehouse). One run of con
 (or --config), seed 0, one thread, trained for `--steps` steps on questions of `--type` alone (the
 train split), then exported and asked every `val` question of that type (greedy, as the benchmark
 answers). `--preset` puts that preset's LLM in place of the tiny one, as `benchmarks.signs_step` does.
-Written: val accuracy, the training losses, times and the load. Never touches the test split. The
-`CONFIG_SEARCH` probes of benchmarks/signs.py that name it came from this command. Not in `make bench`.
+Written: val accuracy, the training losses, times and the load. Never touches the test split. Not in
+`make bench`. `CONFIG_SEARCH` f1-f4 (benchmarks/signs.py) ran from a one-off script before this module
+existed; this module builds the same training config, key for key (checked once against theirs).
 """
 
 from __future__ import annotations
