@@ -17,28 +17,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
-import torch
 import yaml
 
-from benchmarks.signs import CONFIG, DATASET, _overrides, build_items, corpus_key, train_losses
+from benchmarks.signs import (
+    CONFIG,
+    DATASET,
+    _overrides,
+    arm_config,
+    build_items,
+    corpus_key,
+    run_arm,
+    train_losses,
+)
 from benchmarks.signs_step import with_preset
 from corpora.resolve import resolve_corpus
-from trainer.config import resolve_config
+from trainer.config import claim_run_folder, resolve_config
 
 DEFAULT_IN_MAKE_BENCH = False
 
 
 def probe_config(base: dict, qtype: str, steps: int, warehouse: Path, out: Path, use_aux: bool) -> dict:
-    """The probe's training config: `base` trained on `qtype` questions only for `steps` steps, seed 0."""
-    cfg = json.loads(json.dumps(base))
-    cfg["seed_everything"] = 0
-    cfg["model"].update({"use_aux": use_aux, "seed": 0})
-    cfg["data"].update({"dataset": DATASET, "warehouse": str(warehouse), "seed": 0, "train_types": [qtype]})
+    """The probe's training config: a benchmark arm of `base` (seed 0) trained on `qtype` questions only
+    for `steps` steps, in `out`/probe."""
+    cfg = arm_config(base, "probe", use_aux, 0, warehouse, out)
+    cfg["data"]["train_types"] = [qtype]
     cfg["trainer"]["max_steps"] = steps
-    cfg["run"] = {**cfg["run"], "name": "probe", "out": str(out), "checkpoint_every": steps, "threads": 1}
+    cfg["run"].update({"name": "probe", "out": str(out), "checkpoint_every": steps, "threads": 1})
     return cfg
 
 
@@ -54,11 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/signs-probe")
     args = parser.parse_args(argv)
 
-    from trainer.evaluate import is_correct
-    from trainer.export import export_run, generate_answers, load_data_config, load_exported, load_tokenizer
-    from trainer.train import train
-
-    torch.set_num_threads(1)
     corpus = resolve_corpus(DATASET)
     warehouse = Path(args.warehouse) / corpus_key(corpus)
     if not warehouse.is_dir():
@@ -74,17 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = probe_config(base, args.type, args.steps, warehouse, out, not args.no_aux)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    config, items_file = out / "config.yaml", out / "items.json"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    items_file.write_text(json.dumps({"probe": items}), encoding="utf-8")
 
     load = os.getloadavg()[0]
-    started = time.perf_counter()
-    run_dir = train(out / "config.yaml", overwrite=True)
-    trained = time.perf_counter()
-    exported = export_run(run_dir, out / "export")
-    model, tokenizer, data_cfg = load_exported(exported), load_tokenizer(exported), load_data_config(exported)
-    use = [(i["question"], i["image"], i["aux"] if model.config.use_aux else "") for i in items]
-    predictions = generate_answers(model, use, tokenizer, data_cfg, max_new_tokens=8, images={})
-    correct = [bool(is_correct(p, i["answer"])) for p, i in zip(predictions, items, strict=True)]
+    run_dir = out / "probe"
+    claim_run_folder(run_dir, overwrite=True)  # a rerun replaces the earlier probe
+    run_arm([config], items_file, ("probe",), out)  # train, export, answer: as a benchmark arm does
+    run = json.loads((out / "answers.json").read_text(encoding="utf-8"))
+    answers = run["answers"]["probe"]
+    correct = [a["correct"] for a in answers]
     report = {
         "benchmark": "signs_probe",
         "type": args.type,
@@ -94,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         "use_aux": not args.no_aux,
         "val_accuracy": round(sum(correct) / len(correct), 4),
         "val_questions": len(correct),
-        "train_s": round(trained - started, 1),
-        "eval_s": round(time.perf_counter() - trained, 1),
+        "train_s": round(run["train_s"], 1),
+        "eval_s": round(run["eval_s"], 1),
         "load_average_1min_at_start": round(load, 2),
         "train_losses": train_losses(run_dir),
         "answers": [
-            {"question": i["question"], "answer": i["answer"], "prediction": p}
-            for i, p in zip(items, predictions, strict=True)
+            {"question": i["question"], "answer": i["answer"], "prediction": a["prediction"]}
+            for i, a in zip(items, answers, strict=True)
         ],
     }
     (out / "probe.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
