@@ -92,11 +92,11 @@ OPTIM_CHECKS = {
 RUN_CHECKS = {"checkpoint_every": at_least(1), "threads": at_least(1)}
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def load_config(path: str | Path, lightning: bool = True) -> dict[str, Any]:
     """The YAML as a plain dict (every section present), after `check_config`. A path that does not
     exist finds the shipped config of that name (core.paths.config_file)."""
     path = config_file(path)
-    return check_config(read_yaml(path), shown(path))
+    return check_config(read_yaml(path), shown(path), lightning)
 
 
 def check_config(
@@ -174,6 +174,7 @@ def find_checkpoint(run: str | Path) -> Path:
     return found[-1]
 
 
+# what a training run writes into its folder (CSVLogger adds hparams.yaml); --overwrite removes these only
 RUN_FILES = ("checkpoints", "tb", "metrics.csv", "hparams.yaml", "config.yaml", "loss.png", "routing.png")
 
 
@@ -214,7 +215,6 @@ def check_before_training(
     """What `moai train` refuses before Lightning is imported (seconds sooner): a config error outside its
     `trainer` section, and a run folder holding an earlier run's checkpoints. Deletes nothing: with
     --overwrite, `train` empties the folder once it starts."""
-    path = config_file(config_path)
-    cfg = check_config(read_yaml(path), shown(path), lightning=False)
-    if resume and overwrite or not overwrite:  # so claim_run_folder refuses here, and never deletes
+    cfg = load_config(config_path, lightning=False)
+    if resume or not overwrite:  # so claim_run_folder can refuse here, and never deletes
         claim_run_folder(run_dir_of(cfg, config_path), resume, overwrite)

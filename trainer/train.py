@@ -190,7 +190,6 @@ def make_strategy(value: Any, step1: bool = False) -> Any:
     return value
 
 
-# what a training run writes into its folder (CSVLogger adds hparams.yaml); --overwrite removes these only
 def train(
     config_path: str | Path,
     resume: str | None = None,
