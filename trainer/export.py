@@ -226,16 +226,18 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
     """Rebuild the exported model (eval mode). Raises if a rebuilt random backbone differs from the export's."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_safetensors
 
     out = Path(out_dir)
     meta = json.loads((out / "export.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{out} is not a {FORMAT} export (format {meta.get('format')!r})")
+    # each file is read once: the bytes whose digest is checked are the bytes loaded (the weights too)
+    contents = {name: (out / name).read_bytes() for name in meta.get("files", {}) if (out / name).is_file()}
     changed = [
         name
         for name, digest in meta.get("files", {}).items()
-        if not (out / name).is_file() or hashlib.sha256((out / name).read_bytes()).hexdigest() != digest
+        if name not in contents or hashlib.sha256(contents[name]).hexdigest() != digest
     ]
     if changed:
         raise ExportError(
@@ -253,7 +255,10 @@ def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
                 f"the rebuilt random {', '.join(bad)} differs from the exported model's "
                 "(different torch/transformers init?); re-export with these versions"
             )
-    state = load_file(str(out / "weights.safetensors"))
+    weights = contents.pop("weights.safetensors", None)
+    del contents
+    state = load_safetensors(weights if weights is not None else (out / "weights.safetensors").read_bytes())
+    del weights
     missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
     if missing:
         raise KeyError(f"export lacks trained parameters {missing[:5]}")
