@@ -232,13 +232,14 @@ def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
     meta = json.loads((out / "export.json").read_text(encoding="utf-8"))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{out} is not a {FORMAT} export (format {meta.get('format')!r})")
-    # each file is read once: the bytes whose digest is checked are the bytes loaded (the weights too)
-    contents = {name: (out / name).read_bytes() for name in meta.get("files", {}) if (out / name).is_file()}
-    changed = [
-        name
-        for name, digest in meta.get("files", {}).items()
-        if name not in contents or hashlib.sha256(contents[name]).hexdigest() != digest
-    ]
+    # each file is read once: the weights whose digest is checked are the bytes loaded below
+    changed, weights = [], None
+    for name, digest in meta.get("files", {}).items():
+        data = (out / name).read_bytes() if (out / name).is_file() else None
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            changed.append(name)
+        elif name == "weights.safetensors":
+            weights = data
     if changed:
         raise ExportError(
             f"the export {out} is damaged: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
@@ -255,8 +256,6 @@ def load_exported(out_dir: str | Path, verify_backbone: bool = True) -> MoAI:
                 f"the rebuilt random {', '.join(bad)} differs from the exported model's "
                 "(different torch/transformers init?); re-export with these versions"
             )
-    weights = contents.pop("weights.safetensors", None)
-    del contents
     state = load_safetensors(weights if weights is not None else (out / "weights.safetensors").read_bytes())
     del weights
     missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
